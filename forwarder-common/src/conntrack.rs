@@ -1,0 +1,119 @@
+//! Connection-tracking state and the timeout policy.
+//!
+//! A tracked connection is two entries in the `FLOWS` map: the *original*
+//! entry, keyed by what the client sends (client -> VIP), and the *reply*
+//! entry, keyed by what the backend sends back. Each entry remembers the
+//! TCP flags seen in its own direction and when it last saw a packet; the
+//! connection is alive while either entry is, with a timeout chosen from the
+//! flags of both (see [`timeout_ns`]).
+//!
+//! Expiry is enforced where it changes behaviour: a packet of an expired
+//! connection starts a new one (a new backend pick), and an expired
+//! connection's SNAT port can be taken by a new connection. User space
+//! sweeps expired entries in the background; the LRU map evicts the oldest
+//! entries when it is full.
+
+/// A packet was seen in this entry's direction.
+pub const SEEN_PACKET: u8 = 1 << 0;
+/// A TCP SYN was seen in this entry's direction.
+pub const SEEN_SYN: u8 = 1 << 1;
+/// A TCP FIN was seen in this entry's direction.
+pub const SEEN_FIN: u8 = 1 << 2;
+/// A TCP RST was seen in this entry's direction.
+pub const SEEN_RST: u8 = 1 << 3;
+
+/// Entry flag: this is the reply-direction entry of its connection.
+pub const FLAG_REPLY: u8 = 1 << 0;
+/// Entry flag: the connection's source is translated (snat mode).
+pub const FLAG_SNAT: u8 = 1 << 1;
+
+const SECOND: u64 = 1_000_000_000;
+/// UDP: idle time after which a flow is forgotten.
+pub const UDP_TIMEOUT_NS: u64 = 60 * SECOND;
+/// TCP before the backend has answered (handshake in progress).
+pub const TCP_SYN_TIMEOUT_NS: u64 = 60 * SECOND;
+/// TCP once both directions have carried packets.
+pub const TCP_ESTABLISHED_TIMEOUT_NS: u64 = 6 * 60 * 60 * SECOND;
+/// TCP after a RST, or after a FIN in each direction.
+pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * SECOND;
+
+/// `last_seen` is refreshed at most this often, so an established flow's
+/// entry is written about once a second instead of on every packet.
+pub const REFRESH_INTERVAL_NS: u64 = SECOND;
+
+/// How long a connection may stay idle, from the flags seen in each direction.
+///
+/// ```
+/// use forwarder_common::conntrack::*;
+/// let est = timeout_ns(6, SEEN_PACKET | SEEN_SYN, SEEN_PACKET | SEEN_SYN);
+/// assert_eq!(est, TCP_ESTABLISHED_TIMEOUT_NS);
+/// let closing = timeout_ns(6, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN);
+/// assert_eq!(closing, TCP_CLOSING_TIMEOUT_NS);
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn timeout_ns(proto: u8, original: u8, reply: u8) -> u64 {
+    if proto != crate::maps::PROTO_TCP {
+        return UDP_TIMEOUT_NS;
+    }
+    if (original | reply) & SEEN_RST != 0 || (original & reply & SEEN_FIN) != 0 {
+        TCP_CLOSING_TIMEOUT_NS
+    } else if reply & SEEN_PACKET == 0 {
+        TCP_SYN_TIMEOUT_NS
+    } else {
+        TCP_ESTABLISHED_TIMEOUT_NS
+    }
+}
+
+/// Whether a connection whose entries were last refreshed at `last_seen_ns`
+/// (the later of the two) has expired at `now_ns`.
+#[inline(always)]
+#[must_use]
+pub const fn expired(now_ns: u64, last_seen_ns: u64, timeout_ns: u64) -> bool {
+    now_ns > last_seen_ns.saturating_add(timeout_ns)
+}
+
+/// Whether a new packet with `seen` bits ends a closed TCP connection and
+/// starts a new one on the same 5-tuple (a SYN after FIN or RST).
+#[inline(always)]
+#[must_use]
+pub const fn reopens(entry_seen: u8, packet_seen: u8) -> bool {
+    packet_seen & SEEN_SYN != 0 && entry_seen & (SEEN_FIN | SEEN_RST) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{PROTO_TCP, PROTO_UDP};
+
+    #[test]
+    fn policy_table() {
+        let cases = [
+            ("udp any", PROTO_UDP, SEEN_PACKET, 0, UDP_TIMEOUT_NS),
+            ("syn unanswered", PROTO_TCP, SEEN_PACKET | SEEN_SYN, 0, TCP_SYN_TIMEOUT_NS),
+            ("established", PROTO_TCP, SEEN_PACKET, SEEN_PACKET, TCP_ESTABLISHED_TIMEOUT_NS),
+            ("half closed", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET, TCP_ESTABLISHED_TIMEOUT_NS),
+            ("both fin", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN, TCP_CLOSING_TIMEOUT_NS),
+            ("rst from backend", PROTO_TCP, SEEN_PACKET, SEEN_PACKET | SEEN_RST, TCP_CLOSING_TIMEOUT_NS),
+            ("rst from client", PROTO_TCP, SEEN_PACKET | SEEN_RST, 0, TCP_CLOSING_TIMEOUT_NS),
+        ];
+        for (name, proto, original, reply, want) in cases {
+            assert_eq!(timeout_ns(proto, original, reply), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_strictly_after_timeout() {
+        assert!(!expired(110, 100, 10));
+        assert!(expired(111, 100, 10));
+        assert!(!expired(5, u64::MAX - 1, 10), "no overflow");
+    }
+
+    #[test]
+    fn syn_reopens_only_closed_connections() {
+        assert!(reopens(SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_SYN));
+        assert!(reopens(SEEN_PACKET | SEEN_RST, SEEN_PACKET | SEEN_SYN));
+        assert!(!reopens(SEEN_PACKET, SEEN_PACKET | SEEN_SYN), "SYN retransmit");
+        assert!(!reopens(SEEN_PACKET | SEEN_FIN, SEEN_PACKET), "late ACK after FIN");
+    }
+}

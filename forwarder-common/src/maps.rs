@@ -1,0 +1,298 @@
+//! Keys and values of the BPF maps, as laid out in kernel memory.
+//!
+//! Addresses and ports are in wire order (the packet's bytes read as a native
+//! integer); see [`wire_addr`] and [`wire_port`].
+
+use core::net::Ipv4Addr;
+
+use crate::csum;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names, shared so user space finds what the eBPF object defines.
+pub mod names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const SERVICE_TRAFFIC: &str = "SERVICE_TRAFFIC";
+    pub const BACKEND_TRAFFIC: &str = "BACKEND_TRAFFIC";
+    pub const REASONS: &str = "REASONS";
+    pub const EGRESS: &str = "EGRESS";
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    pub const XDP: &str = "forwarder_xdp";
+    pub const TC: &str = "forwarder_tc";
+}
+
+/// Default capacity of the service table.
+pub const DEFAULT_MAX_SERVICES: u32 = 4096;
+/// Default capacity of the backend table (all services together).
+pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
+/// Default capacity of the flow table, in entries (two per connection).
+pub const DEFAULT_MAX_FLOW_ENTRIES: u32 = 1 << 19;
+/// Default Maglev table length: prime, above 100 x the backends of a
+/// typical service, as Katran and Cilium size theirs.
+pub const DEFAULT_MAGLEV_LEN: u32 = 16381;
+/// The Maglev inner-map template length. Inner maps are created with
+/// `BPF_F_INNER_MAP`, so each service's table may have its own length.
+pub const MAGLEV_TEMPLATE_LEN: u32 = DEFAULT_MAGLEV_LEN;
+/// Flags of every Maglev inner map: lengths may differ between services;
+/// user space fills a new table through `mmap` before swapping it in.
+pub const MAGLEV_INNER_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// A Maglev slot with no backend (every backend drained).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Lowest SNAT source port. Ports below the kernel's default ephemeral
+/// range (32768-60999) so translated flows never collide with the host's
+/// own connections from the same address.
+pub const SNAT_PORT_MIN: u16 = 1024;
+/// Highest SNAT source port.
+pub const SNAT_PORT_MAX: u16 = 32767;
+/// How many ports a new SNAT flow tries before it is dropped.
+pub const SNAT_PORT_TRIES: u32 = 16;
+
+/// Magic in the XDP metadata of a packet XDP hands to the TC fallback.
+pub const META_NEEDS_NEIGH: u32 = 0x4657_4e31; // "FWN1"
+
+/// Converts an address to wire order.
+#[inline]
+#[must_use]
+pub const fn wire_addr(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// Converts a wire-order address back.
+#[inline]
+#[must_use]
+pub const fn addr_from_wire(addr: u32) -> Ipv4Addr {
+    let [a, b, c, d] = addr.to_ne_bytes();
+    Ipv4Addr::new(a, b, c, d)
+}
+
+/// Converts a port to wire order.
+#[inline]
+#[must_use]
+pub const fn wire_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Converts a wire-order port back.
+#[inline]
+#[must_use]
+pub const fn port_from_wire(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+/// How a service translates its flows.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Destination to the backend, source to the forwarder's SNAT address.
+    Snat = 0,
+    /// Destination to the backend only; the backend sees the client.
+    Preserve = 1,
+}
+
+/// `SERVICES` key: what a packet is for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `SERVICES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Index into `SERVICE_TRAFFIC`, and key of the service's Maglev table.
+    pub id: u32,
+    /// Length of the service's Maglev table.
+    pub table_len: u32,
+    /// A [`Mode`] as `u8`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `BACKENDS` value, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: u32,
+    /// Source address of SNATed flows to this backend (snat mode): the
+    /// configured SNAT address, or the forwarder's address towards it.
+    pub snat_addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `FLOWS` key: a packet's 5-tuple as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        Self { src, dst, sport, dport, proto, _pad: [0; 3] }
+    }
+
+    /// The tuple of a packet going the other way.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reversed(&self) -> Self {
+        Self::new(self.dst, self.src, self.dport, self.sport, self.proto)
+    }
+}
+
+/// `FLOWS` value: how to translate packets matching the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The 5-tuple written into matching packets.
+    pub new_src: u32,
+    pub new_dst: u32,
+    pub new_sport: u16,
+    pub new_dport: u16,
+    /// Checksum deltas of the rewrite (see `csum`); the IPv4 one includes
+    /// the TTL decrement.
+    pub ip_csum_delta: u16,
+    pub l4_csum_delta: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `bpf_ktime_get_coarse_ns` when the connection was created.
+    pub created_ns: u64,
+    /// Last packet in this entry's direction (refreshed about once a second).
+    pub last_seen_ns: u64,
+    /// `conntrack::FLAG_*`.
+    pub flags: u8,
+    /// `conntrack::SEEN_*` for this entry's direction.
+    pub seen: u8,
+    pub _pad: [u8; 6],
+}
+
+impl FlowEntry {
+    /// The entry that rewrites packets arriving as `from` so they leave as
+    /// `to` (same protocol), with the checksum deltas of that rewrite.
+    #[inline(always)]
+    #[must_use]
+    pub const fn rewriting(
+        from: &FlowKey,
+        to: &FlowKey,
+        service_id: u32,
+        backend_id: u32,
+        flags: u8,
+        now_ns: u64,
+    ) -> Self {
+        let addrs = csum::combine(csum::addr_delta(from.src, to.src), csum::addr_delta(from.dst, to.dst));
+        let ports =
+            csum::fold(csum::word_delta(from.sport, to.sport) + csum::word_delta(from.dport, to.dport));
+        Self {
+            new_src: to.src,
+            new_dst: to.dst,
+            new_sport: to.sport,
+            new_dport: to.dport,
+            ip_csum_delta: csum::combine(addrs, csum::TTL_DECREMENT_DELTA),
+            l4_csum_delta: csum::combine(addrs, ports),
+            service_id,
+            backend_id,
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+            flags,
+            seen: 0,
+            _pad: [0; 6],
+        }
+    }
+
+    /// The key of the other direction's entry of the same connection.
+    ///
+    /// The other direction's packets carry this entry's translated tuple,
+    /// swapped.
+    #[inline(always)]
+    #[must_use]
+    pub const fn peer_key(&self, proto: u8) -> FlowKey {
+        FlowKey::new(self.new_dst, self.new_src, self.new_dport, self.new_sport, proto)
+    }
+}
+
+/// `SETTINGS` value (single entry): switches read by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Non-zero: the TC program translates every packet itself (interfaces
+    /// without XDP), not only those XDP hands over.
+    pub tc_translates_all: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type below is `#[repr(C)]` plain-old-data with explicit
+    // padding fields, so any bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceEntry>(), 12);
+        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<FlowEntry>(), 48);
+    }
+
+    #[test]
+    fn wire_order_round_trips() {
+        let addr = Ipv4Addr::new(203, 0, 113, 10);
+        assert_eq!(addr_from_wire(wire_addr(addr)), addr);
+        assert_eq!(wire_addr(addr).to_ne_bytes(), [203, 0, 113, 10]);
+        assert_eq!(port_from_wire(wire_port(30080)), 30080);
+        assert_eq!(wire_port(80).to_ne_bytes(), [0, 80]);
+    }
+
+    #[test]
+    fn peer_key_swaps_the_translated_tuple() {
+        let from = FlowKey::new(10, 20, 30, 40, PROTO_TCP);
+        let to = FlowKey::new(1, 2, 3, 4, PROTO_TCP);
+        let entry = FlowEntry::rewriting(&from, &to, 0, 0, 0, 0);
+        assert_eq!(entry.peer_key(PROTO_TCP), FlowKey::new(2, 1, 4, 3, PROTO_TCP));
+        assert_eq!(entry.peer_key(PROTO_TCP), to.reversed());
+    }
+
+    #[test]
+    fn identity_rewrite_changes_only_the_ttl() {
+        let key = FlowKey::new(10, 20, 30, 40, PROTO_UDP);
+        let entry = FlowEntry::rewriting(&key, &key, 0, 0, 0, 0);
+        assert_eq!(entry.l4_csum_delta, 0xffff, "one's-complement zero");
+        assert_eq!(csum::apply(0x1234, entry.l4_csum_delta), 0x1234);
+        assert_eq!(csum::combine(entry.ip_csum_delta, 0), csum::TTL_DECREMENT_DELTA);
+    }
+}
