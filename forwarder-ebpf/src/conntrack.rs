@@ -1,0 +1,72 @@
+//! Flow lookup, liveness and refresh. The policy (which timeout applies)
+//! lives in `forwarder_common::conntrack`, where host tests reach it.
+
+use forwarder_common::{
+    conntrack::{
+        FLAG_REPLY, REFRESH_INTERVAL_NS, TCP_CLOSING_TIMEOUT_NS, expired as past_timeout, reopens, timeout_ns,
+    },
+    maps::{FlowEntry, FlowKey},
+};
+
+use crate::maps::FLOWS;
+
+/// The shortest timeout of any state: an entry refreshed more recently than
+/// this is alive whatever its peer says, so the common case needs no second
+/// lookup.
+const ALIVE_FOR_SURE_NS: u64 = TCP_CLOSING_TIMEOUT_NS;
+
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<*mut FlowEntry> {
+    FLOWS.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether the connection `entry` belongs to has expired: its two entries
+/// are judged together (latest refresh, flags of both directions).
+#[inline(always)]
+pub fn expired(entry: &FlowEntry, proto: u8, now: u64) -> bool {
+    if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
+        return false;
+    }
+    let (mut original, mut reply, mut last) = (entry.seen, 0, entry.last_seen_ns);
+    if let Some(peer) = FLOWS.get_ptr(entry.peer_key(proto)) {
+        // SAFETY: a map value pointer from the lookup helper.
+        let peer = unsafe { &*peer };
+        reply = peer.seen;
+        if peer.last_seen_ns > last {
+            last = peer.last_seen_ns;
+        }
+    }
+    if entry.flags & FLAG_REPLY != 0 {
+        core::mem::swap(&mut original, &mut reply);
+    }
+    past_timeout(now, last, timeout_ns(proto, original, reply))
+}
+
+/// Whether this packet may use `entry`, or must start a new connection
+/// (expired, or a SYN re-opening a closed 5-tuple).
+#[inline(always)]
+pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
+    let reopened = entry.flags & FLAG_REPLY == 0 && reopens(entry.seen, packet_seen);
+    !reopened && !expired(entry, proto, now)
+}
+
+/// Records a packet on `entry`, writing only when something changed so an
+/// established flow's cache line stays shared between CPUs.
+#[inline(always)]
+pub fn touch(entry: *mut FlowEntry, packet_seen: u8, now: u64) {
+    // SAFETY: a map value pointer from the lookup helper; concurrent
+    // updates race benignly (both store a recent time, or OR in flags).
+    let entry = unsafe { &mut *entry };
+    if now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS {
+        entry.last_seen_ns = now;
+    }
+    if entry.seen | packet_seen != entry.seen {
+        entry.seen |= packet_seen;
+    }
+}

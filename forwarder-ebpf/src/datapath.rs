@@ -1,0 +1,118 @@
+//! The translation core, independent of the hook it runs in.
+//!
+//! A hook (XDP, TC) supplies packet bounds, its context and ingress
+//! interface; the core answers with a [`Verdict`] the hook turns into its
+//! own return code. The packet is rewritten only when it will be forwarded.
+
+use core::ffi::c_void;
+
+use forwarder_common::{counters::Reason, hash::flow_hash, maps::FlowEntry};
+
+use crate::{
+    conntrack,
+    fwd::{self, Route},
+    lb, nat,
+    parse::{Packet, parse},
+    stats,
+};
+
+/// What a hook gives the core.
+pub trait Hook {
+    /// Whether this hook can hand a packet to the kernel's neighbour
+    /// subsystem (`bpf_redirect_neigh`, TC only).
+    const RESOLVES_NEIGH: bool;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    fn ingress_ifindex(&self) -> u32;
+    /// The program context, for helpers such as `bpf_fib_lookup`.
+    fn ctx(&self) -> *mut c_void;
+}
+
+/// What to do with the packet.
+pub enum Verdict {
+    /// Untouched, to the kernel.
+    Pass,
+    Drop,
+    /// Translated, out of the ingress interface.
+    Tx,
+    /// Translated, out of another interface.
+    Redirect(u32),
+    /// Untouched: the next hop's MAC is unknown, let a hook that can
+    /// resolve neighbours handle it (XDP only).
+    HandToNeighHook,
+    /// Translated, out of `ifindex` through the neighbour subsystem (TC only).
+    RedirectNeigh {
+        ifindex: u32,
+        nexthop: u32,
+    },
+}
+
+/// Runs the datapath on one packet.
+#[inline(always)]
+pub fn process<H: Hook>(hook: &H) -> Verdict {
+    match translate(hook) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            stats::reason(reason);
+            if reason.is_drop() { Verdict::Drop } else { Verdict::Pass }
+        }
+    }
+}
+
+#[inline(always)]
+fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
+    let pkt = parse(hook.data(), hook.data_end())?;
+    let now = conntrack::now_ns();
+    let entry = match conntrack::lookup(&pkt.key) {
+        // SAFETY: a map value pointer from the lookup helper.
+        Some(found) if conntrack::usable(unsafe { &*found }, pkt.key.proto, pkt.seen, now) => {
+            conntrack::touch(found, pkt.seen, now);
+            // SAFETY: as above; copied so later map updates cannot alias it.
+            unsafe { *found }
+        }
+        _ => new_flow(&pkt, now)?,
+    };
+    if pkt.ttl() <= 1 {
+        return Err(Reason::PassTtlExpired);
+    }
+    let ingress = hook.ingress_ifindex();
+    match fwd::route(hook.ctx(), ingress, &pkt, &entry)? {
+        Route::Via { ifindex, smac, dmac } => {
+            nat::rewrite(&pkt, &entry);
+            fwd::set_macs(&pkt, smac, dmac);
+            stats::forwarded(&entry, pkt.ip_len);
+            if ifindex == ingress {
+                stats::reason(Reason::TxSameInterface);
+                Ok(Verdict::Tx)
+            } else {
+                stats::reason(Reason::Redirect);
+                Ok(Verdict::Redirect(ifindex))
+            }
+        }
+        Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
+            nat::rewrite(&pkt, &entry);
+            stats::forwarded(&entry, pkt.ip_len);
+            stats::reason(Reason::RedirectNeigh);
+            Ok(Verdict::RedirectNeigh { ifindex, nexthop })
+        }
+        Route::NoNeigh { .. } => {
+            stats::reason(Reason::HandedToTc);
+            Ok(Verdict::HandToNeighHook)
+        }
+    }
+}
+
+/// A packet without a usable flow: if it is for a service, start a connection.
+#[inline(always)]
+fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
+    let service = lb::service(&pkt.key).ok_or(Reason::PassNoService)?;
+    if pkt.ttl() <= 1 {
+        return Err(Reason::PassTtlExpired);
+    }
+    let key = &pkt.key;
+    let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
+    let (backend_id, backend) = lb::pick(&service, hash)?;
+    let entry = nat::create(pkt, &service, backend_id, &backend, hash, now)?;
+    stats::new_flow(&entry);
+    Ok(entry)
+}

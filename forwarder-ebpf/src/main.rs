@@ -1,0 +1,26 @@
+//! The forwarder's datapath.
+//!
+//! Modules follow the packet: [`parse`] the headers, look the flow up in
+//! [`conntrack`], or find its service and pick a backend in [`lb`], create
+//! the translation in [`nat`], route it in [`fwd`], count it in [`stats`].
+//! [`datapath`] strings them together independently of the hook; [`xdp`]
+//! and [`tc`] are the two entry points.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod datapath;
+mod fwd;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+mod tc;
+mod xdp;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,57 @@
+//! Every map the datapath uses. Capacities here are defaults; the daemon
+//! sets the real ones at load time.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use forwarder_common::{
+    counters::{REASON_COUNT, Traffic},
+    maps::{
+        Backend, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, FlowEntry, FlowKey,
+        MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings,
+    },
+};
+
+const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
+const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
+const MAX_FLOWS: usize = DEFAULT_MAX_FLOW_ENTRIES as usize;
+const MAX_INTERFACES: usize = 64;
+
+/// (VIP, port, protocol) -> service.
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry, MAX_SERVICES> = HashMap::new();
+
+/// Backend id -> address and port.
+#[btf_map]
+pub static BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
+
+/// Service id -> that service's Maglev table (slot -> backend id). User space
+/// builds a new table and swaps the whole inner map in.
+#[btf_map]
+pub static MAGLEV: HashOfMaps<
+    u32,
+    Array<u32, { MAGLEV_TEMPLATE_LEN as usize }, { MAGLEV_INNER_FLAGS as usize }>,
+    MAX_SERVICES,
+> = HashOfMaps::new();
+
+/// Tracked connections, two entries each (see `forwarder_common::conntrack`).
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry, MAX_FLOWS> = LruHashMap::new();
+
+#[btf_map]
+pub static SERVICE_TRAFFIC: PerCpuArray<Traffic, MAX_SERVICES> = PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_TRAFFIC: PerCpuArray<Traffic, MAX_BACKENDS> = PerCpuArray::new();
+
+/// Indexed by `forwarder_common::counters::Reason`.
+#[btf_map]
+pub static REASONS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// ifindex -> ifindex, for XDP_REDIRECT.
+#[btf_map]
+pub static EGRESS: DevMapHash<MAX_INTERFACES> = DevMapHash::new();
+
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();

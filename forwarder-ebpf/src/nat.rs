@@ -1,0 +1,123 @@
+//! Creating a connection's translation (both entries, SNAT port included)
+//! and applying a translation to a packet.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use forwarder_common::{
+    conntrack::{FLAG_REPLY, FLAG_SNAT},
+    counters::Reason,
+    csum,
+    maps::{
+        Backend, FlowEntry, FlowKey, Mode, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_TRIES, ServiceEntry,
+        wire_port,
+    },
+};
+
+use crate::{conntrack, maps::FLOWS, parse::Packet};
+
+const EEXIST: i32 = 17;
+const SNAT_PORT_RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+
+/// Creates the connection for `pkt` towards `backend` and returns the
+/// original-direction entry to translate `pkt` with.
+#[inline(always)]
+pub fn create(
+    pkt: &Packet,
+    service: &ServiceEntry,
+    backend_id: u32,
+    backend: &Backend,
+    hash: u32,
+    now: u64,
+) -> Result<FlowEntry, Reason> {
+    let original = pkt.key;
+    let proto = original.proto;
+    let reply_to = original.reversed();
+    let reply_of = |to: &FlowKey| {
+        FlowEntry::rewriting(&to.reversed(), &reply_to, service.id, backend_id, FLAG_REPLY, now)
+    };
+
+    let (to, flags) = if service.mode == Mode::Snat as u8 {
+        let start = hash ^ (hash >> 16);
+        let mut claimed = None;
+        for i in 0..SNAT_PORT_TRIES {
+            let port = SNAT_PORT_MIN + ((start.wrapping_add(i)) % SNAT_PORT_RANGE) as u16;
+            let to = FlowKey::new(backend.snat_addr, backend.addr, wire_port(port), backend.port, proto);
+            if claim(&to.reversed(), &reply_of(&to), proto, now)? {
+                claimed = Some(to);
+                break;
+            }
+        }
+        (claimed.ok_or(Reason::DropSnatExhausted)?, FLAG_SNAT)
+    } else {
+        let to = FlowKey::new(original.src, backend.addr, original.sport, backend.port, proto);
+        if !claim(&to.reversed(), &reply_of(&to), proto, now)? {
+            return Err(Reason::DropReplyCollision);
+        }
+        (to, 0)
+    };
+
+    let mut entry = FlowEntry::rewriting(&original, &to, service.id, backend_id, flags, now);
+    entry.seen = pkt.seen;
+    if FLOWS.insert(original, entry, u64::from(BPF_ANY)).is_err() {
+        let _ = FLOWS.remove(to.reversed());
+        return Err(Reason::DropFlowTableFull);
+    }
+    Ok(entry)
+}
+
+/// Inserts a reply entry unless its key belongs to another live connection.
+///
+/// A key already taken is free again when its connection expired, or when
+/// it translates to the same client and VIP (an earlier incarnation of this very
+/// connection). Deleting and re-inserting with `BPF_NOEXIST` keeps two CPUs
+/// from claiming the same key at once.
+#[inline(always)]
+fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, Reason> {
+    match FLOWS.insert(key, reply, u64::from(BPF_NOEXIST)) {
+        Ok(()) => return Ok(true),
+        Err(err) if err == -EEXIST => {}
+        Err(_) => return Err(Reason::DropFlowTableFull),
+    }
+    let reusable = match FLOWS.get_ptr(key) {
+        // SAFETY: a map value pointer from the lookup helper.
+        Some(existing) => unsafe {
+            let existing = &*existing;
+            let same_connection = existing.new_src == reply.new_src
+                && existing.new_dst == reply.new_dst
+                && existing.new_sport == reply.new_sport
+                && existing.new_dport == reply.new_dport;
+            same_connection || conntrack::expired(existing, proto, now)
+        },
+        None => true,
+    };
+    if !reusable {
+        return Ok(false);
+    }
+    let _ = FLOWS.remove(key);
+    Ok(FLOWS.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok())
+}
+
+/// Rewrites addresses, ports, TTL and both checksums of `pkt` as `entry` says.
+#[inline(always)]
+pub fn rewrite(pkt: &Packet, entry: &FlowEntry) {
+    // SAFETY: every pointer in `pkt` was bounds-checked by `parse`.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        ip.src_addr = entry.new_src.to_ne_bytes();
+        ip.dst_addr = entry.new_dst.to_ne_bytes();
+        ip.ttl -= 1;
+        ip.check = csum::apply(u16::from_ne_bytes(ip.check), entry.ip_csum_delta).to_ne_bytes();
+
+        let ports = pkt.l4.cast::<[u8; 4]>();
+        let [s0, s1] = entry.new_sport.to_ne_bytes();
+        let [d0, d1] = entry.new_dport.to_ne_bytes();
+        *ports = [s0, s1, d0, d1];
+
+        let old = u16::from_ne_bytes(*pkt.l4_check);
+        let new = if pkt.is_tcp() {
+            csum::apply(old, entry.l4_csum_delta)
+        } else {
+            csum::apply_udp(old, entry.l4_csum_delta)
+        };
+        *pkt.l4_check = new.to_ne_bytes();
+    }
+}

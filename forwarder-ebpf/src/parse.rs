@@ -1,0 +1,135 @@
+//! Ethernet / IPv4 / TCP or UDP parsing, with a bounds check before every read.
+
+use core::mem::size_of;
+
+use forwarder_common::{
+    conntrack::{SEEN_FIN, SEEN_PACKET, SEEN_RST, SEEN_SYN},
+    counters::Reason,
+    maps::{FlowKey, PROTO_TCP, PROTO_UDP},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// EtherType of IPv4, in wire order.
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+/// "More fragments" flag and fragment offset, in wire order.
+const IP_FRAGMENT_BITS: u16 = 0x3fffu16.to_be();
+const IPV4_NO_OPTIONS: u8 = 0x45;
+
+/// Offsets in a TCP or UDP header.
+const L4_SPORT: usize = 0;
+const L4_DPORT: usize = 2;
+const TCP_FLAGS: usize = 13;
+const TCP_CHECK: usize = 16;
+const UDP_CHECK: usize = 6;
+const TCP_HDR_LEN: usize = 20;
+const UDP_HDR_LEN: usize = 8;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// A parsed IPv4 TCP/UDP packet: header pointers (already bounds-checked)
+/// and its 5-tuple.
+pub struct Packet {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    /// Where the L4 ports start.
+    pub l4: *mut u8,
+    /// The L4 checksum field.
+    pub l4_check: *mut [u8; 2],
+    pub key: FlowKey,
+    /// `SEEN_*` bits this packet contributes to its flow.
+    pub seen: u8,
+    /// IPv4 total length (host order), for byte counters and the MTU check.
+    pub ip_len: u16,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        self.key.proto == PROTO_TCP
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        // SAFETY: `ip` was bounds-checked by `parse`.
+        unsafe { (*self.ip).ttl }
+    }
+
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        // SAFETY: as above.
+        unsafe { (*self.ip).tos }
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Result<*mut T, Reason> {
+    let start = data + offset;
+    if start + size_of::<T>() > data_end {
+        return Err(Reason::PassMalformed);
+    }
+    Ok(start as *mut T)
+}
+
+#[inline(always)]
+fn read_u16(p: *const u8) -> u16 {
+    // SAFETY: callers pass pointers inside a bounds-checked header.
+    unsafe { u16::from_ne_bytes([*p, *p.add(1)]) }
+}
+
+/// Parses the packet in `data..data_end`, or says why it is not ours.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
+    // SAFETY: bounds-checked above; the same holds for every read below.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
+    let vihl = unsafe { (*ip).vihl };
+    if vihl != IPV4_NO_OPTIONS {
+        return Err(if vihl >> 4 == 4 && vihl & 0xf > 5 {
+            Reason::PassIpOptions
+        } else {
+            Reason::PassMalformed
+        });
+    }
+    let proto = unsafe { (*ip).proto };
+    let (hdr_len, check_at) = match proto {
+        PROTO_TCP => (TCP_HDR_LEN, TCP_CHECK),
+        PROTO_UDP => (UDP_HDR_LEN, UDP_CHECK),
+        _ => return Err(Reason::PassNotTcpUdp),
+    };
+    if u16::from_ne_bytes(unsafe { (*ip).frags }) & IP_FRAGMENT_BITS != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let l4_at = EthHdr::LEN + Ipv4Hdr::LEN;
+    if data + EthHdr::LEN + ip_len as usize > data_end || (ip_len as usize) < Ipv4Hdr::LEN + hdr_len {
+        return Err(Reason::PassMalformed);
+    }
+    // Both header lengths are checked here so later offsets stay constant.
+    let l4: *mut u8 = if proto == PROTO_TCP {
+        ptr_at::<[u8; TCP_HDR_LEN]>(data, data_end, l4_at)?.cast()
+    } else {
+        ptr_at::<[u8; UDP_HDR_LEN]>(data, data_end, l4_at)?.cast()
+    };
+    let seen = if proto == PROTO_TCP {
+        let flags = unsafe { *l4.add(TCP_FLAGS) };
+        SEEN_PACKET
+            | if flags & TCP_SYN != 0 { SEEN_SYN } else { 0 }
+            | if flags & TCP_FIN != 0 { SEEN_FIN } else { 0 }
+            | if flags & TCP_RST != 0 { SEEN_RST } else { 0 }
+    } else {
+        SEEN_PACKET
+    };
+    let key = FlowKey::new(
+        u32::from_ne_bytes(unsafe { (*ip).src_addr }),
+        u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
+        read_u16(unsafe { l4.add(L4_SPORT) }),
+        read_u16(unsafe { l4.add(L4_DPORT) }),
+        proto,
+    );
+    Ok(Packet { eth, ip, l4, l4_check: unsafe { l4.add(check_at) }.cast(), key, seen, ip_len })
+}

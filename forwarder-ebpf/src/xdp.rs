@@ -1,0 +1,87 @@
+//! The XDP entry point: the fast path.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    macros::xdp,
+    programs::XdpContext,
+};
+use forwarder_common::{counters::Reason, maps::META_NEEDS_NEIGH};
+
+use crate::{
+    datapath::{self, Hook, Verdict},
+    maps::EGRESS,
+    stats,
+};
+
+struct XdpHook<'a>(&'a XdpContext);
+
+impl Hook for XdpHook<'_> {
+    const RESOLVES_NEIGH: bool = false;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.0.data()
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.0.data_end()
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: `ctx` is the kernel's `xdp_md`.
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn ctx(&self) -> *mut c_void {
+        self.0.ctx.cast()
+    }
+}
+
+#[xdp]
+pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
+    match datapath::process(&XdpHook(&ctx)) {
+        Verdict::Pass => XDP_PASS,
+        Verdict::Drop => XDP_DROP,
+        Verdict::Tx => XDP_TX,
+        Verdict::Redirect(ifindex) => match EGRESS.redirect(ifindex, 0) {
+            Ok(action) => action,
+            // Not in the devmap (an interface the daemon did not list):
+            // the slower, unbatched redirect still delivers it.
+            // SAFETY: a helper taking plain integers.
+            Err(_) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        },
+        Verdict::HandToNeighHook => {
+            mark_for_tc(&ctx);
+            XDP_PASS
+        }
+        // XDP cannot resolve neighbours, so the core never asks it to.
+        Verdict::RedirectNeigh { .. } => {
+            stats::reason(Reason::DropRedirectFailed);
+            XDP_DROP
+        }
+    }
+}
+
+/// Tags the packet's metadata so the TC program knows XDP handed it over.
+/// Where the driver has no metadata support the packet still reaches the
+/// kernel untouched; TCP retransmits once the daemon's managed neighbour
+/// entry resolves.
+#[inline(always)]
+fn mark_for_tc(ctx: &XdpContext) {
+    // SAFETY: `ctx` is the kernel's `xdp_md`; the helper checks the headroom.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) } != 0 {
+        return;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + size_of::<u32>() > data {
+        return;
+    }
+    // SAFETY: bounds-checked against `data` just above.
+    unsafe { *(meta as *mut u32) = META_NEEDS_NEIGH };
+}
