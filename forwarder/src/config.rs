@@ -1,0 +1,328 @@
+//! The service file: parsing and validation.
+//!
+//! Everything is checked before anything is applied; an error names the
+//! file, the line and column, and the problem, on one line:
+//!
+//! ```
+//! let err = forwarder::config::ServiceFile::parse(
+//!     "services.toml".as_ref(),
+//!     "[[service]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 0\n\
+//!      protocol = \"tcp\"\nbackends = [\"198.18.2.11:30080\"]\n",
+//! )
+//! .unwrap_err();
+//! assert_eq!(err.to_string(), "services.toml:4:8: port must be between 1 and 65535, not 0");
+//! ```
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+/// Backend weights go from 0 (draining) to this.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Weight of a backend listed without one.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Backends per service, bounded by the largest Maglev table.
+pub const MAX_BACKENDS_PER_SERVICE: usize = 1000;
+
+/// A validated service file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFile {
+    /// Source address for snat services, if the file sets one.
+    pub snat_ip: Option<Ipv4Addr>,
+    pub services: Vec<Service>,
+}
+
+/// One VIP:port:protocol and where its traffic goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => forwarder_common::maps::PROTO_TCP,
+            Protocol::Udp => forwarder_common::maps::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Snat,
+    Preserve,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Snat => "snat",
+            Mode::Preserve => "preserve",
+        })
+    }
+}
+
+/// A backend: a node's NodeIP:NodePort and its share of new flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddrV4,
+    /// 0 drains the backend: no new flows, existing ones stay.
+    pub weight: u32,
+}
+
+/// A problem in a service file, at a place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The I/O error is part of the message (not a `source`) so the
+    /// one-line error names it once.
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    snat_ip: Option<Spanned<String>>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    port: Spanned<i64>,
+    protocol: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    backends: Spanned<Vec<Spanned<Value>>>,
+}
+
+/// A validation failure before it is placed in a file.
+struct Problem {
+    span: Range<usize>,
+    message: String,
+}
+
+fn problem<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Problem> {
+    Err(Problem { span, message: message.into() })
+}
+
+impl ServiceFile {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let at = |span: Range<usize>, message: String| {
+            let (line, column) = line_column(text, span.start);
+            ConfigError::Invalid { path: path.to_owned(), line, column, message }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|err| {
+            let message = err.message().trim().replace('\n', " ");
+            at(err.span().unwrap_or(0..0), message)
+        })?;
+        validate(raw).map_err(|Problem { span, message }| at(span, message))
+    }
+}
+
+fn validate(raw: RawFile) -> Result<ServiceFile, Problem> {
+    let RawFile { snat_ip, service } = raw;
+    let snat_ip = snat_ip.map(|ip| unicast(&ip, "snat_ip")).transpose()?;
+    let mut names = HashSet::new();
+    let mut listeners = HashSet::new();
+    let mut services = Vec::with_capacity(service.len());
+    for raw in service {
+        let span = raw.span();
+        let service = validate_service(raw.into_inner())?;
+        if !names.insert(service.name.clone()) {
+            return problem(span, format!("duplicate service name {:?}", service.name));
+        }
+        if !listeners.insert((service.vip, service.port, service.protocol)) {
+            let Service { vip, port, protocol, .. } = &service;
+            return problem(span, format!("duplicate VIP:port:protocol {vip}:{port}/{protocol}"));
+        }
+        services.push(service);
+    }
+    Ok(ServiceFile { snat_ip, services })
+}
+
+fn validate_service(raw: RawService) -> Result<Service, Problem> {
+    let RawService { name, vip, port, protocol, mode, backends } = raw;
+    let name = validate_name(&name)?;
+    let vip = unicast(&vip, "vip")?;
+    let port = validate_port(&port)?;
+    let protocol = match protocol.get_ref().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            return problem(protocol.span(), format!("unknown protocol {other:?}: use \"tcp\" or \"udp\""));
+        }
+    };
+    let mode = match mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("snat", _)) => Mode::Snat,
+        Some(("preserve", _)) => Mode::Preserve,
+        Some((other, span)) => {
+            return problem(span, format!("unknown mode {other:?}: use \"snat\" or \"preserve\""));
+        }
+    };
+    let backends_span = backends.span();
+    let raw_backends = backends.into_inner();
+    if raw_backends.is_empty() {
+        return problem(backends_span, format!("service {name:?} has no backends"));
+    }
+    if raw_backends.len() > MAX_BACKENDS_PER_SERVICE {
+        return problem(
+            backends_span,
+            format!(
+                "service {name:?} has {} backends; at most {MAX_BACKENDS_PER_SERVICE}",
+                raw_backends.len()
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut backends = Vec::with_capacity(raw_backends.len());
+    for raw in raw_backends {
+        let span = raw.span();
+        let backend = validate_backend(raw)?;
+        if !seen.insert(backend.addr) {
+            return problem(span, format!("duplicate backend {} in service {name:?}", backend.addr));
+        }
+        backends.push(backend);
+    }
+    Ok(Service { name, vip, port, protocol, mode, backends })
+}
+
+/// Service names appear on command lines and in metrics labels.
+fn validate_name(name: &Spanned<String>) -> Result<String, Problem> {
+    let text = name.get_ref();
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return problem(
+            name.span(),
+            format!("invalid service name {text:?}: use 1 to 63 letters, digits, '-', '_' or '.'"),
+        );
+    }
+    Ok(text.clone())
+}
+
+fn validate_port(port: &Spanned<i64>) -> Result<u16, Problem> {
+    match u16::try_from(*port.get_ref()) {
+        Ok(0) | Err(_) => {
+            problem(port.span(), format!("port must be between 1 and 65535, not {}", port.get_ref()))
+        }
+        Ok(p) => Ok(p),
+    }
+}
+
+/// A unicast IPv4 address (what a VIP, backend or SNAT address must be).
+fn unicast(text: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Problem> {
+    let addr: Ipv4Addr = match text.get_ref().parse() {
+        Ok(addr) => addr,
+        Err(_) => return problem(text.span(), format!("{what} {:?} is not an IPv4 address", text.get_ref())),
+    };
+    check_unicast(addr, what).or_else(|message| problem(text.span(), message))
+}
+
+fn check_unicast(addr: Ipv4Addr, what: &str) -> Result<Ipv4Addr, String> {
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+        return Err(format!("{what} {addr} is not a unicast address"));
+    }
+    Ok(addr)
+}
+
+fn validate_backend(raw: Spanned<Value>) -> Result<BackendSpec, Problem> {
+    let span = raw.span();
+    let (addr, weight) = match raw.into_inner() {
+        Value::String(addr) => (addr, None),
+        Value::Table(mut table) => {
+            let addr = match table.remove("addr") {
+                Some(Value::String(addr)) => addr,
+                Some(_) => return problem(span, "backend addr must be a string \"IP:PORT\""),
+                None => return problem(span, "backend table needs addr = \"IP:PORT\""),
+            };
+            let weight = match table.remove("weight") {
+                None => None,
+                Some(Value::Integer(w)) => Some(w),
+                Some(_) => return problem(span, "backend weight must be an integer"),
+            };
+            if let Some(key) = table.keys().next() {
+                return problem(span, format!("unknown backend field {key:?}: expected addr, weight"));
+            }
+            (addr, weight)
+        }
+        _ => return problem(span, "a backend is \"IP:PORT\" or { addr = \"IP:PORT\", weight = N }"),
+    };
+    let addr = parse_backend_addr(&addr).or_else(|message| problem(span.clone(), message))?;
+    let weight = match weight {
+        None => DEFAULT_WEIGHT,
+        Some(w) => check_weight(w).or_else(|message| problem(span, message))?,
+    };
+    Ok(BackendSpec { addr, weight })
+}
+
+/// Parses a backend's `IP:PORT` the way the service file and the CLI do.
+pub fn parse_backend_addr(text: &str) -> Result<SocketAddrV4, String> {
+    let addr: SocketAddrV4 = text.parse().map_err(|_| format!("backend {text:?} is not IPv4:PORT"))?;
+    check_unicast(*addr.ip(), "backend")?;
+    if addr.port() == 0 {
+        return Err(format!("backend {text:?} has port 0"));
+    }
+    Ok(addr)
+}
+
+/// Checks a weight the way the service file and the CLI do.
+pub fn check_weight(weight: i64) -> Result<u32, String> {
+    u32::try_from(weight)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| format!("weight {weight} is out of range 0..={MAX_WEIGHT}"))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;
