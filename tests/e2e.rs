@@ -1,0 +1,208 @@
+//! End to end: real TCP (HTTP) and UDP from a client namespace through the
+//! forwarder's XDP datapath to nginx on node namespaces. Needs root.
+
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+
+use forwarder_tests::{
+    client::{Answer, HttpConnection, http_get, udp_ask},
+    lab::{
+        CLIENT, FORWARDER_CLIENT_SIDE, FORWARDER_LAN_SIDE, HTTP_NODEPORT, LAN_IFACE, Lab, UDP_NODEPORT, VIP,
+        node_addr,
+    },
+    require_root,
+};
+
+const WEB: SocketAddrV4 = SocketAddrV4::new(VIP, 80);
+const DNS: SocketAddrV4 = SocketAddrV4::new(VIP, 53);
+
+/// A service file: web (TCP 80) and dns (UDP 53) on the VIP, both in
+/// `mode`, backed by the nodes `nodes` (0-based).
+fn services(mode: &str, nodes: &[usize]) -> String {
+    let list = |port: u16| {
+        nodes.iter().map(|&i| format!("\"{}:{port}\"", node_addr(i))).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
+         backends = [{}]\n\n[[service]]\nname = \"dns\"\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\n\
+         mode = \"{mode}\"\nbackends = [{}]\n",
+        list(HTTP_NODEPORT),
+        list(UDP_NODEPORT)
+    )
+}
+
+/// How many answers each node gave.
+fn per_node(answers: &[Answer]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.node.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn lab_with_servers(nodes: usize) -> Lab {
+    require_root();
+    let mut lab = Lab::new("fwe", nodes).expect("lab");
+    lab.start_servers().expect("node servers");
+    lab
+}
+
+/// In snat mode every node gets traffic and sees the forwarder, not the
+/// client, over both TCP and UDP.
+#[test]
+fn snat_spreads_tcp_and_udp_over_nodes_which_see_the_forwarder() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&services("snat", &[0, 1])).unwrap();
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+
+    let http: Vec<Answer> = lab.client.enter(|| (0..40).map(|_| http_get(WEB).unwrap()).collect());
+    let udp: Vec<Answer> = lab.client.enter(|| (0..40).map(|_| udp_ask(DNS).unwrap()).collect());
+    for answer in http.iter().chain(&udp) {
+        assert_eq!(*answer.client.ip(), FORWARDER_LAN_SIDE, "snat: the node sees the forwarder: {answer:?}");
+    }
+    for (what, answers) in [("http", &http), ("udp", &udp)] {
+        let counts = per_node(answers);
+        assert_eq!(counts.len(), 2, "{what}: every node gets traffic: {counts:?}");
+    }
+    // SNAT ports come from the forwarder's range, one per connection.
+    let mut ports: Vec<u16> = http.iter().map(|a| a.client.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), http.len(), "one SNAT port per connection");
+    assert!(ports.iter().all(|p| (1024..=32767).contains(p)), "{ports:?}");
+    // Traffic for the host itself passes untouched: a TCP service on the
+    // forwarder's own address still answers the client.
+    let listener =
+        lab.forwarder.enter(|| std::net::TcpListener::bind((FORWARDER_CLIENT_SIDE, 2222)).unwrap());
+    let host = SocketAddrV4::new(FORWARDER_CLIENT_SIDE, 2222);
+    let conn =
+        lab.client.enter(|| std::net::TcpStream::connect_timeout(&host.into(), Duration::from_secs(5)));
+    conn.expect("connect to a service of the forwarder host");
+    let (_, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(CLIENT), "the host sees the client, untranslated");
+    forwarder.stop().unwrap();
+}
+
+/// In preserve mode the nodes see the real client address, and their
+/// replies (routed through the forwarder) are translated back.
+#[test]
+fn preserve_mode_nodes_see_the_client() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&services("preserve", &[0, 1])).unwrap();
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+
+    let http: Vec<Answer> = lab.client.enter(|| (0..40).map(|_| http_get(WEB).unwrap()).collect());
+    let udp: Vec<Answer> = lab.client.enter(|| (0..40).map(|_| udp_ask(DNS).unwrap()).collect());
+    for answer in http.iter().chain(&udp) {
+        assert_eq!(*answer.client.ip(), CLIENT, "preserve: the node sees the client: {answer:?}");
+    }
+    assert_eq!(per_node(&http).len(), 2, "{:?}", per_node(&http));
+    assert_eq!(per_node(&udp).len(), 2, "{:?}", per_node(&udp));
+    forwarder.stop().unwrap();
+}
+
+/// Open connections keep their node when the backend set changes (here by
+/// a reload on SIGHUP); new connections follow the new set.
+#[test]
+fn open_connections_keep_their_node_when_backends_change() {
+    for mode in ["snat", "preserve"] {
+        let lab = lab_with_servers(3);
+        let path = lab.write_services(&services(mode, &[0, 1])).unwrap();
+        let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+
+        let mut connections: Vec<HttpConnection> =
+            lab.client.enter(|| (0..16).map(|_| HttpConnection::open(WEB).unwrap()).collect());
+        let before: Vec<String> = connections.iter_mut().map(|c| c.get().unwrap().node).collect();
+        assert!(before.iter().any(|n| n == "node1"), "{mode}: some connection on node1: {before:?}");
+
+        // node1 leaves, node3 joins.
+        lab.write_services(&services(mode, &[1, 2])).unwrap();
+        forwarder.signal(libc::SIGHUP);
+        forwarder.wait_for("reloaded", 1, Duration::from_secs(10)).unwrap();
+
+        let after: Vec<String> = connections.iter_mut().map(|c| c.get().unwrap().node).collect();
+        assert_eq!(before, after, "{mode}: every open connection kept its node");
+        let fresh: Vec<Answer> = lab.client.enter(|| (0..30).map(|_| http_get(WEB).unwrap()).collect());
+        let counts = per_node(&fresh);
+        assert!(!counts.contains_key("node1"), "{mode}: new connections avoid the removed node: {counts:?}");
+        assert_eq!(counts.len(), 2, "{mode}: new connections use node2 and node3: {counts:?}");
+        drop(connections);
+        forwarder.stop().unwrap();
+    }
+}
+
+/// With empty neighbour tables everywhere and no pre-resolution, the very
+/// first datagram of a flow still arrives (XDP hands it to the TC fallback,
+/// which lets the kernel resolve the MAC), and its answer comes back.
+#[test]
+fn first_packet_gets_through_with_empty_neighbour_tables() {
+    for mode in ["snat", "preserve"] {
+        let lab = lab_with_servers(2);
+        let path = lab.write_services(&services(mode, &[0, 1])).unwrap();
+        let forwarder = lab.start_forwarder(&path, &["--no-neighbour-prefetch"]).unwrap();
+        for ns in [&lab.client, &lab.forwarder, &lab.nodes[0].ns, &lab.nodes[1].ns] {
+            ns.ip("neigh flush all").unwrap();
+        }
+        // One datagram each, no retry: each goes to a node whose MAC the
+        // forwarder does not know yet (the first one to either node).
+        let answers: Vec<Answer> = lab.client.enter(|| (0..8).map(|_| udp_ask(DNS).unwrap()).collect());
+        assert_eq!(per_node(&answers).len(), 2, "{mode}: {answers:?}");
+        assert!(
+            forwarder.output().contains("unresolved: redirect_neigh"),
+            "{mode}: the TC fallback handled the first packets:\n{}",
+            forwarder.output()
+        );
+        forwarder.stop().unwrap();
+    }
+}
+
+/// The daemon keeps the nodes' MACs resolved ahead of traffic with managed
+/// neighbour entries, and removes them, its programs and its sysctl change
+/// when it stops.
+#[test]
+fn prefetches_neighbours_and_cleans_up_on_stop() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&services("snat", &[0, 1])).unwrap();
+    let forwarder_ns = &lab.forwarder;
+    let forwarding = |ns: &forwarder_tests::netns::Netns| {
+        ns.exec("cat", &format!("/proc/sys/net/ipv4/conf/{LAN_IFACE}/forwarding")).unwrap().trim().to_owned()
+    };
+    assert_eq!(forwarding(forwarder_ns), "0");
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    assert_eq!(forwarding(forwarder_ns), "1", "enabled for bpf_fib_lookup");
+    let managed =
+        || forwarder_ns.ip("-d neigh show").unwrap().lines().filter(|l| l.contains("managed")).count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while managed() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(managed(), 2, "one managed entry per node:\n{}", forwarder_ns.ip("-d neigh show").unwrap());
+    assert!(forwarder_ns.ip(&format!("-d link show {LAN_IFACE}")).unwrap().contains("prog/xdp"));
+
+    let status = forwarder.stop().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(
+        !forwarder_ns.ip(&format!("-d link show {LAN_IFACE}")).unwrap().contains("prog/xdp"),
+        "XDP detached"
+    );
+    assert_eq!(managed(), 0, "managed entries removed");
+    assert_eq!(forwarding(forwarder_ns), "0", "sysctl restored");
+}
+
+/// A reload with an invalid file is rejected and changes nothing.
+#[test]
+fn invalid_reload_changes_nothing() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&services("snat", &[0, 1])).unwrap();
+    let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    lab.write_services(&services("snat", &[0, 1]).replacen("port = 80", "port = 0", 1)).unwrap();
+    forwarder.signal(libc::SIGHUP);
+    forwarder.wait_for("reload rejected", 1, Duration::from_secs(10)).unwrap();
+    assert!(
+        forwarder.output().contains("services.toml:4:8: port must be between 1 and 65535"),
+        "{}",
+        forwarder.output()
+    );
+    let answers: Vec<Answer> = lab.client.enter(|| (0..20).map(|_| http_get(WEB).unwrap()).collect());
+    assert_eq!(per_node(&answers).len(), 2, "still forwarding to both nodes");
+    forwarder.stop().unwrap();
+}

@@ -1,0 +1,214 @@
+//! A throw-away lab: a client, the forwarder, and nodes running a NodePort
+//! server, each in its own network namespace.
+//!
+//! ```text
+//!  client 10.0.1.2 ── f-client 10.0.1.1 [forwarder] f-lan 10.0.2.1 ── bridge ── node1 10.0.2.11
+//!  (route to the VIP via the forwarder)                                     └── node2 10.0.2.12 ...
+//! ```
+//!
+//! The nodes' default gateway is the forwarder, so in preserve mode their
+//! replies to the client come back through it. Every node runs nginx with
+//! an HTTP NodePort (30080) and a UDP one (30053) answering
+//! `node=NAME client=IP:PORT`: which node answered and whom it saw.
+//!
+//! Two veth details stand in for real hardware: the sending ends compute
+//! checksums in software (`tx off`), as a NIC delivers complete checksums
+//! (a veth would hand over a partial one that XDP cannot see), and the
+//! receiving ends of XDP redirects have GRO on, which veth requires to
+//! accept XDP frames.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::netns::{Netns, Process, unique_name};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// The forwarder's address on the client side.
+pub const FORWARDER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+/// The forwarder's address on the nodes' LAN: the SNAT address by default.
+pub const FORWARDER_LAN_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 10);
+pub const HTTP_NODEPORT: u16 = 30080;
+pub const UDP_NODEPORT: u16 = 30053;
+/// The forwarder's interfaces.
+pub const CLIENT_IFACE: &str = "f-client";
+pub const LAN_IFACE: &str = "f-lan";
+
+/// Address of node `i` (0-based).
+#[must_use]
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 2, 11 + i as u8)
+}
+
+pub struct Node {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub ns: Netns,
+    server: Option<Process>,
+}
+
+impl Node {
+    #[must_use]
+    pub fn http(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr, HTTP_NODEPORT)
+    }
+
+    #[must_use]
+    pub fn udp(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr, UDP_NODEPORT)
+    }
+}
+
+pub struct Lab {
+    // Processes live in the nodes and stop before the namespaces go.
+    pub nodes: Vec<Node>,
+    pub client: Netns,
+    pub forwarder: Netns,
+    pub lan: Netns,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Builds the topology with `nodes` nodes (not yet serving).
+    pub fn new(prefix: &str, nodes: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("forwarder-lab").tempdir()?;
+        let client = Netns::create(unique_name(prefix, "c"))?;
+        let forwarder = Netns::create(unique_name(prefix, "f"))?;
+        let lan = Netns::create(unique_name(prefix, "l"))?;
+        let mut lab = Self { nodes: Vec::new(), client, forwarder, lan, dir };
+        lab.wire(nodes).context("building the lab")?;
+        Ok(lab)
+    }
+
+    fn wire(&mut self, nodes: usize) -> anyhow::Result<()> {
+        let (c, f, l) =
+            (self.client.name().to_owned(), self.forwarder.name().to_owned(), self.lan.name().to_owned());
+        link_pair(&c, "eth0", &f, CLIENT_IFACE)?;
+        link_pair(&f, LAN_IFACE, &l, "to-fwd")?;
+        self.client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
+        self.client.ip("link set eth0 up")?;
+        self.client.ip(&format!("route add default via {FORWARDER_CLIENT_SIDE}"))?;
+        self.forwarder.ip(&format!("addr add {FORWARDER_CLIENT_SIDE}/24 dev {CLIENT_IFACE}"))?;
+        self.forwarder.ip(&format!("addr add {FORWARDER_LAN_SIDE}/24 dev {LAN_IFACE}"))?;
+        self.forwarder.ip(&format!("link set {CLIENT_IFACE} up"))?;
+        self.forwarder.ip(&format!("link set {LAN_IFACE} up"))?;
+        self.lan.ip("link add br0 type bridge")?;
+        self.lan.ip("link set br0 up")?;
+        self.lan.ip("link set to-fwd master br0")?;
+        self.lan.ip("link set to-fwd up")?;
+        // Receivers of XDP redirects: the client (replies) and the bridge port (requests).
+        self.client.exec("ethtool", "-K eth0 gro on tx off")?;
+        self.lan.exec("ethtool", "-K to-fwd gro on")?;
+        for i in 0..nodes {
+            self.add_node(i)?;
+        }
+        Ok(())
+    }
+
+    fn add_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = format!("node{}", i + 1);
+        let ns = Netns::create(unique_name("fwn", &i.to_string()))?;
+        let port = format!("to-{name}");
+        link_pair(ns.name(), "eth0", self.lan.name(), &port)?;
+        self.lan.ip(&format!("link set {port} master br0"))?;
+        self.lan.ip(&format!("link set {port} up"))?;
+        let addr = node_addr(i);
+        ns.ip(&format!("addr add {addr}/24 dev eth0"))?;
+        ns.ip("link set eth0 up")?;
+        ns.ip(&format!("route add default via {FORWARDER_LAN_SIDE}"))?;
+        ns.exec("ethtool", "-K eth0 tx off")?;
+        self.nodes.push(Node { name, addr, ns, server: None });
+        Ok(())
+    }
+
+    /// Starts nginx on every node and waits until each answers.
+    pub fn start_servers(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            let dir = self.dir.path().join(&node.name);
+            fs::create_dir_all(&dir)?;
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_conf(&node.name, &dir))?;
+            let mut cmd = node.ns.command("nginx");
+            cmd.arg("-c").arg(&conf).arg("-p").arg(&dir);
+            node.server = Some(Process::spawn(&format!("nginx on {}", node.name), cmd)?);
+        }
+        for node in &self.nodes {
+            let local = SocketAddrV4::new(node.addr, HTTP_NODEPORT);
+            let ready = node.ns.enter(|| crate::client::wait_until_listening(local, Duration::from_secs(10)));
+            ready.with_context(|| format!("nginx on {}", node.name))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server on node `i` (to take it out of the picture).
+    pub fn stop_server(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(server) = self.nodes[i].server.take() {
+            server.stop()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a service file into the lab directory.
+    pub fn write_services(&self, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("services.toml");
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Starts `forwarder run` on both forwarder interfaces with `services`
+    /// and waits until it forwards.
+    pub fn start_forwarder(&self, services: &Path, extra: &[&str]) -> anyhow::Result<Process> {
+        let mut cmd = self.forwarder.command(crate::forwarder_bin());
+        cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"])
+            .arg(services)
+            .args(extra);
+        cmd.env("RUST_LOG", "debug");
+        let mut process = Process::spawn("forwarder", cmd)?;
+        process.wait_for("forwarding;", 1, Duration::from_secs(30))?;
+        Ok(process)
+    }
+}
+
+/// A veth pair with one end in each namespace.
+fn link_pair(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str) -> anyhow::Result<()> {
+    crate::netns::run(Command::new("ip").args([
+        "link", "add", name_a, "netns", ns_a, "type", "veth", "peer", "name", name_b, "netns", ns_b,
+    ]))?;
+    Ok(())
+}
+
+fn nginx_conf(node: &str, dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir}; scgi_temp_path {dir};
+    keepalive_timeout 300s;
+    keepalive_requests 100000;
+    server {{
+        listen {HTTP_NODEPORT};
+        location / {{ return 200 "node={node} client=$remote_addr:$remote_port\n"; }}
+    }}
+}}
+stream {{
+    server {{
+        listen {UDP_NODEPORT} udp;
+        return "node={node} client=$remote_addr:$remote_port\n";
+    }}
+}}
+"#
+    )
+}
