@@ -60,6 +60,22 @@ pub const SNAT_PORT_MAX: u16 = 32767;
 /// How many ports a new SNAT flow tries before it is dropped.
 pub const SNAT_PORT_TRIES: u32 = 16;
 
+/// The SNAT port (host order) a new flow with `hash` tries on `attempt`
+/// (0-based): a hash-chosen start, then the following ports.
+///
+/// ```
+/// use forwarder_common::maps::{SNAT_PORT_MAX, SNAT_PORT_MIN, snat_port};
+/// let port = snat_port(0xdead_beef, 0);
+/// assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port));
+/// assert_eq!(snat_port(0xdead_beef, 1), port + 1);
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
+    const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    SNAT_PORT_MIN + ((hash ^ (hash >> 16)).wrapping_add(attempt) % RANGE) as u16
+}
+
 /// Magic in the XDP metadata of a packet XDP hands to the TC fallback.
 pub const META_NEEDS_NEIGH: u32 = 0x4657_4e31; // "FWN1"
 

@@ -19,7 +19,9 @@ mod stats;
 mod tc;
 mod xdp;
 
-#[cfg(not(test))]
+// Only for the BPF target: a host build (e.g. `cargo clippy --workspace`)
+// links std, which has its own.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

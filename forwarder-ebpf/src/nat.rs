@@ -6,16 +6,12 @@ use forwarder_common::{
     conntrack::{FLAG_REPLY, FLAG_SNAT},
     counters::Reason,
     csum,
-    maps::{
-        Backend, FlowEntry, FlowKey, Mode, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_TRIES, ServiceEntry,
-        wire_port,
-    },
+    maps::{Backend, FlowEntry, FlowKey, Mode, SNAT_PORT_TRIES, ServiceEntry, snat_port, wire_port},
 };
 
 use crate::{conntrack, maps::FLOWS, parse::Packet};
 
 const EEXIST: i32 = 17;
-const SNAT_PORT_RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 
 /// Creates the connection for `pkt` towards `backend` and returns the
 /// original-direction entry to translate `pkt` with.
@@ -36,10 +32,9 @@ pub fn create(
     };
 
     let (to, flags) = if service.mode == Mode::Snat as u8 {
-        let start = hash ^ (hash >> 16);
         let mut claimed = None;
-        for i in 0..SNAT_PORT_TRIES {
-            let port = SNAT_PORT_MIN + ((start.wrapping_add(i)) % SNAT_PORT_RANGE) as u16;
+        for attempt in 0..SNAT_PORT_TRIES {
+            let port = snat_port(hash, attempt);
             let to = FlowKey::new(backend.snat_addr, backend.addr, wire_port(port), backend.port, proto);
             if claim(&to.reversed(), &reply_of(&to), proto, now)? {
                 claimed = Some(to);

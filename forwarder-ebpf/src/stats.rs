@@ -43,10 +43,10 @@ pub fn forwarded(entry: &FlowEntry, bytes: u16) {
 pub fn new_flow(entry: &FlowEntry) {
     for traffic in
         [SERVICE_TRAFFIC.get_ptr_mut(entry.service_id), BACKEND_TRAFFIC.get_ptr_mut(entry.backend_id)]
+            .into_iter()
+            .flatten()
     {
-        if let Some(traffic) = traffic {
-            // SAFETY: a per-CPU slot, as above.
-            unsafe { (*traffic).new_flows += 1 };
-        }
+        // SAFETY: a per-CPU slot, as above.
+        unsafe { (*traffic).new_flows += 1 };
     }
 }

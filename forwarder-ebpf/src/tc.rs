@@ -44,6 +44,10 @@ impl Hook for TcHook<'_> {
     }
 
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "on ingress `ifindex` is the arriving device; `ingress_ifindex` is unset in test runs"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: `skb` is the kernel's `__sk_buff`.
         unsafe { (*self.0.skb.skb).ifindex }

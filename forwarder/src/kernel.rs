@@ -120,6 +120,19 @@ impl Kernel {
             .map_max_entries(names::FLOWS, max_flow_entries)
             .override_global(aya_log::LEVEL, &level, true)
             .load(EBPF_OBJECT)?;
+        // Programs first: they hold their maps from then on, so the
+        // user-space handles taken below may come and go.
+        for name in [programs::XDP, programs::TC] {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
+            let result = match program {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => unreachable!("the object defines one XDP and one TC program"),
+            };
+            result.map_err(|source| KernelError::Program { name, source })?;
+        }
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => spawn_log_reader(logger),
             Err(err) => warn!("datapath log records unavailable: {err}"),
@@ -135,17 +148,6 @@ impl Kernel {
             egress: take(&mut ebpf, names::EGRESS)?,
             settings: take(&mut ebpf, names::SETTINGS)?,
         };
-        for name in [programs::XDP, programs::TC] {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
-            let result = match program {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => unreachable!("the object defines one XDP and one TC program"),
-            };
-            result.map_err(|source| KernelError::Program { name, source })?;
-        }
         Ok(Self { ebpf, maps, attached: Vec::new() })
     }
 
@@ -157,7 +159,8 @@ impl Kernel {
         }
     }
 
-    fn tc(&mut self) -> &mut SchedClassifier {
+    /// The TC fallback program, for `test_run` and attaching.
+    pub fn tc(&mut self) -> &mut SchedClassifier {
         match self.ebpf.program_mut(programs::TC) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("loaded in Kernel::load"),

@@ -84,10 +84,10 @@ impl Neighbours {
                     _ => {}
                 }
             }
-            if let (Some(ifindex), Some(addr)) = (oif, gateway) {
-                if ifindexes.contains(&ifindex) {
-                    hops.push(NextHop { ifindex, addr });
-                }
+            if let (Some(ifindex), Some(addr)) = (oif, gateway)
+                && ifindexes.contains(&ifindex)
+            {
+                hops.push(NextHop { ifindex, addr });
             }
         }
         Ok(hops)

@@ -43,6 +43,8 @@ pub enum ApplyError {
     },
     #[error("filling a Maglev table: {0}")]
     Mmap(std::io::Error),
+    #[error("counting CPUs: {0}")]
+    Cpus(std::io::Error),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ApplyError {
@@ -306,9 +308,9 @@ fn write_backend(maps: &mut Maps, backend: &InstalledBackend) -> Result<(), Appl
 }
 
 fn reset_traffic(map: &mut aya::maps::PerCpuArray<MapData, Traffic>, id: u32) -> Result<(), ApplyError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, err)| ApplyError::Mmap(err))?;
-    let zeros = aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus])
-        .map_err(|err| ApplyError::Mmap(err))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| ApplyError::Cpus(err))?;
+    let zeros =
+        aya::maps::PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(ApplyError::Cpus)?;
     map.set(id, zeros, 0).map_err(map_err("TRAFFIC"))
 }
 

@@ -22,6 +22,7 @@ impl Test {
                 .args(["test", "--release", "--package", "forwarder-common", "--package", "forwarder", "--"])
                 .args(&filter),
         )?;
+        remove_stale_namespaces();
         if !cmd::is_root() {
             eprintln!(
                 "the kernel tests load BPF programs and create network namespaces: running them with sudo"
@@ -37,5 +38,23 @@ impl Test {
                 .arg("--test-threads=1")
                 .args(&filter),
         )
+    }
+}
+
+/// Removes network namespaces left by a test run that was killed before its
+/// guards ran: test namespaces are named `{prefix}{pid}x{n}{role}`; those
+/// whose pid is gone are stale.
+fn remove_stale_namespaces() {
+    let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() else { return };
+    for name in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix("fw") else { continue };
+        let digits: String =
+            rest.chars().skip_while(|c| c.is_ascii_alphabetic()).take_while(char::is_ascii_digit).collect();
+        let marked = rest.chars().skip_while(|c| c.is_ascii_alphabetic()).nth(digits.len()) == Some('x');
+        if digits.is_empty() || !marked || std::path::Path::new("/proc").join(&digits).exists() {
+            continue;
+        }
+        eprintln!("removing stale test namespace {name}");
+        let _ = cmd::run(cmd::as_root("ip").args(["netns", "del", name]));
     }
 }
