@@ -19,6 +19,11 @@ mod stats;
 mod tc;
 mod xdp;
 
+/// GPL-compatible, as `bpf_fib_lookup` and `bpf_redirect_neigh` require.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 // Only for the BPF target: a host build (e.g. `cargo clippy --workspace`)
 // links std, which has its own.
 #[cfg(target_arch = "bpf")]

@@ -28,14 +28,14 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Native)]
     xdp_mode: AttachMode,
     /// Capacity of the service table.
-    #[arg(long, default_value_t = DEFAULT_MAX_SERVICES)]
+    #[arg(long, default_value_t = DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_services: u32,
     /// Capacity of the backend table (all services together).
-    #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
     max_backends: u32,
     /// Capacity of the connection table (least recently used connections
     /// are evicted beyond it).
-    #[arg(long, default_value_t = DEFAULT_MAX_FLOW_ENTRIES / 2)]
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOW_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_connections: u32,
     /// Do not add managed neighbour entries for backends and gateways; the
     /// first packets towards an unresolved next hop then take the slower
