@@ -5,29 +5,15 @@ use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use forwarder_tests::{
     client::{Answer, HttpConnection, http_get, udp_ask},
-    lab::{
-        CLIENT, FORWARDER_CLIENT_SIDE, FORWARDER_LAN_SIDE, HTTP_NODEPORT, LAN_IFACE, Lab, UDP_NODEPORT, VIP,
-        node_addr,
-    },
+    lab::{CLIENT, FORWARDER_CLIENT_SIDE, FORWARDER_LAN_SIDE, LAN_IFACE, Lab, VIP, service_file},
     require_root,
 };
 
 const WEB: SocketAddrV4 = SocketAddrV4::new(VIP, 80);
 const DNS: SocketAddrV4 = SocketAddrV4::new(VIP, 53);
 
-/// A service file: web (TCP 80) and dns (UDP 53) on the VIP, both in
-/// `mode`, backed by the nodes `nodes` (0-based).
 fn services(mode: &str, nodes: &[usize]) -> String {
-    let list = |port: u16| {
-        nodes.iter().map(|&i| format!("\"{}:{port}\"", node_addr(i))).collect::<Vec<_>>().join(", ")
-    };
-    format!(
-        "[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
-         backends = [{}]\n\n[[service]]\nname = \"dns\"\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\n\
-         mode = \"{mode}\"\nbackends = [{}]\n",
-        list(HTTP_NODEPORT),
-        list(UDP_NODEPORT)
-    )
+    service_file(mode, nodes, "")
 }
 
 /// How many answers each node gave.

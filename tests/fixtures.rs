@@ -192,7 +192,7 @@ fn with_datapath(test: impl FnOnce(&mut Env) + Send) {
     }
     ns.exec("sysctl", "-qw net.ipv4.conf.all.forwarding=1").expect("forwarding");
     ns.enter(|| {
-        let mut kernel = Kernel::load(Capacity::default(), aya_log::Level::Info).expect("load");
+        let mut kernel = Kernel::load(Capacity::default(), aya_log::Level::Info, None).expect("load");
         let mut table = Table::new(Capacity::default(), None);
         let file = ServiceFile::parse("fixture.toml".as_ref(), SERVICES).expect("fixture services");
         table.apply(&file, &mut kernel.maps).expect("apply");

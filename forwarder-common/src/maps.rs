@@ -23,7 +23,15 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const EGRESS: &str = "EGRESS";
     pub const SETTINGS: &str = "SETTINGS";
+
+    /// The maps pinned in bpffs so a restarted daemon adopts them.
+    pub const PINNED: [&str; 9] =
+        [SERVICES, BACKENDS, MAGLEV, FLOWS, SERVICE_TRAFFIC, BACKEND_TRAFFIC, REASONS, EGRESS, SETTINGS];
 }
+
+/// Version of the layout of every pinned map. A daemon only adopts pins of
+/// its own version; bump it whenever a key, value or map changes.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Program names in the eBPF object.
 pub mod programs {

@@ -21,8 +21,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::{Spanned, Value};
+
+pub mod edit;
+mod health;
+pub use health::{HealthKind, HealthSpec};
 
 /// Backend weights go from 0 (draining) to this.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -32,7 +36,7 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 pub const MAX_BACKENDS_PER_SERVICE: usize = 1000;
 
 /// A validated service file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceFile {
     /// Source address for snat services, if the file sets one.
     pub snat_ip: Option<Ipv4Addr>,
@@ -40,7 +44,7 @@ pub struct ServiceFile {
 }
 
 /// One VIP:port:protocol and where its traffic goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
     pub vip: Ipv4Addr,
@@ -48,9 +52,12 @@ pub struct Service {
     pub protocol: Protocol,
     pub mode: Mode,
     pub backends: Vec<BackendSpec>,
+    /// Active health checks of the backends, if configured.
+    pub health: Option<HealthSpec>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -76,7 +83,8 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Snat,
     Preserve,
@@ -92,7 +100,7 @@ impl fmt::Display for Mode {
 }
 
 /// A backend: a node's NodeIP:NodePort and its share of new flows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSpec {
     pub addr: SocketAddrV4,
     /// 0 drains the backend: no new flows, existing ones stay.
@@ -127,15 +135,16 @@ struct RawService {
     protocol: Spanned<String>,
     mode: Option<Spanned<String>>,
     backends: Spanned<Vec<Spanned<Value>>>,
+    health: Option<Spanned<Value>>,
 }
 
 /// A validation failure before it is placed in a file.
-struct Problem {
+pub(crate) struct Problem {
     span: Range<usize>,
     message: String,
 }
 
-fn problem<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Problem> {
+pub(crate) fn problem<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Problem> {
     Err(Problem { span, message: message.into() })
 }
 
@@ -183,7 +192,7 @@ fn validate(raw: RawFile) -> Result<ServiceFile, Problem> {
 }
 
 fn validate_service(raw: RawService) -> Result<Service, Problem> {
-    let RawService { name, vip, port, protocol, mode, backends } = raw;
+    let RawService { name, vip, port, protocol, mode, backends, health } = raw;
     let name = validate_name(&name)?;
     let vip = unicast(&vip, "vip")?;
     let port = validate_port(&port)?;
@@ -225,7 +234,13 @@ fn validate_service(raw: RawService) -> Result<Service, Problem> {
         }
         backends.push(backend);
     }
-    Ok(Service { name, vip, port, protocol, mode, backends })
+    let health = health
+        .map(|raw| {
+            let span = raw.span();
+            health::validate(raw.into_inner()).or_else(|message| problem(span, message))
+        })
+        .transpose()?;
+    Ok(Service { name, vip, port, protocol, mode, backends, health })
 }
 
 /// Service names appear on command lines and in metrics labels.

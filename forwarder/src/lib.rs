@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod kernel;
 pub mod logging;
 pub mod maglev;
 pub mod neigh;
+pub mod report;
 pub mod state;

@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
-    forwarder::cli::Cli::parse().execute()
+    forwarder::cli::Cli::parse_or_exit().execute()
 }

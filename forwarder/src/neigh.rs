@@ -19,7 +19,7 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 use tracing::{debug, info, warn};
 
 /// A neighbour to keep resolved: an address on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct NextHop {
     pub ifindex: u32,
     pub addr: Ipv4Addr,
@@ -27,8 +27,6 @@ pub struct NextHop {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeighError {
-    #[error("netlink socket: {0}")]
-    Socket(#[from] std::io::Error),
     #[error("netlink: {0}")]
     Netlink(#[from] rtnetlink::Error),
 }
@@ -42,11 +40,17 @@ pub struct Neighbours {
 }
 
 impl Neighbours {
-    /// Opens a netlink connection, served on the current tokio runtime.
-    pub fn connect() -> Result<Self, NeighError> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        Ok(Self { handle, added: BTreeSet::new() })
+    /// Manages entries through `handle`; `inherited` are entries an earlier
+    /// daemon added (removed with this daemon's own at the end).
+    #[must_use]
+    pub fn new(handle: Handle, inherited: Vec<NextHop>) -> Self {
+        Self { handle, added: inherited.into_iter().collect() }
+    }
+
+    /// Entries added so far.
+    #[must_use]
+    pub fn added(&self) -> Vec<NextHop> {
+        self.added.iter().copied().collect()
     }
 
     /// The next hop the kernel would use towards `dst`.
@@ -95,8 +99,9 @@ impl Neighbours {
 
     /// Makes sure each hop has a neighbour entry, adding managed ones where
     /// none exists. Existing entries (learnt by the kernel, or static) are
-    /// left as they are.
-    pub async fn ensure(&mut self, hops: impl IntoIterator<Item = NextHop>) {
+    /// left as they are. Whether any was added.
+    pub async fn ensure(&mut self, hops: impl IntoIterator<Item = NextHop>) -> bool {
+        let before = self.added.len();
         for hop in hops {
             if self.added.contains(&hop) {
                 continue;
@@ -115,22 +120,30 @@ impl Neighbours {
                 }
             }
         }
+        self.added.len() > before
     }
 
-    /// Removes the entries this daemon added.
+    /// Removes the entries this daemon (and its predecessors) added.
     pub async fn remove_added(&mut self) {
-        let count = self.added.len();
-        for hop in std::mem::take(&mut self.added) {
-            let mut message = NeighbourMessage::default();
-            message.header.family = netlink_packet_route::AddressFamily::Inet;
-            message.header.ifindex = hop.ifindex;
-            message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(hop.addr)));
-            if let Err(err) = self.handle.neighbours().del(message).execute().await {
-                debug!(addr = %hop.addr, "removing managed neighbour: {err}");
-            }
+        let hops = std::mem::take(&mut self.added);
+        remove(&self.handle, &hops).await;
+    }
+}
+
+/// Removes the neighbour entries `hops`.
+pub async fn remove(handle: &Handle, hops: impl IntoIterator<Item = &NextHop>) {
+    let mut count = 0;
+    for hop in hops {
+        let mut message = NeighbourMessage::default();
+        message.header.family = netlink_packet_route::AddressFamily::Inet;
+        message.header.ifindex = hop.ifindex;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(hop.addr)));
+        match handle.neighbours().del(message).execute().await {
+            Ok(()) => count += 1,
+            Err(err) => debug!(addr = %hop.addr, "removing managed neighbour: {err}"),
         }
-        if count > 0 {
-            info!(count, "removed managed neighbour entries");
-        }
+    }
+    if count > 0 {
+        info!(count, "removed managed neighbour entries");
     }
 }

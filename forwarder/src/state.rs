@@ -52,7 +52,7 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ApplyError {
 }
 
 /// A backend as installed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstalledBackend {
     pub spec: BackendSpec,
     pub id: u32,
@@ -61,7 +61,7 @@ pub struct InstalledBackend {
 }
 
 /// A service as installed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstalledService {
     pub spec: Service,
     pub id: u32,
@@ -96,10 +96,16 @@ impl IdPool {
     fn new(capacity: u32) -> Self {
         Self { free: (0..capacity).collect(), capacity }
     }
+
+    /// A pool whose `used` ids are taken.
+    fn without(capacity: u32, used: impl IntoIterator<Item = u32>) -> Self {
+        let used: std::collections::HashSet<u32> = used.into_iter().collect();
+        Self { free: (0..capacity).filter(|id| !used.contains(id)).collect(), capacity }
+    }
 }
 
 /// What a successful apply changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub added: Vec<String>,
     pub changed: Vec<String>,
@@ -121,6 +127,9 @@ pub struct Table {
     backend_ids: IdPool,
     /// `--snat-ip`, used when the file sets none.
     snat_override: Option<Ipv4Addr>,
+    /// Adopted from an earlier daemon: ids are kept, but every entry is
+    /// written again on the next apply (the maps may be behind the record).
+    rewrite_all: bool,
 }
 
 impl Table {
@@ -131,7 +140,45 @@ impl Table {
             service_ids: IdPool::new(capacity.max_services),
             backend_ids: IdPool::new(capacity.max_backends),
             snat_override,
+            rewrite_all: false,
         }
+    }
+
+    /// The table an earlier daemon left, as it recorded it: the same ids
+    /// (so counters and tracked flows keep their meaning), everything
+    /// rewritten on the first apply. Records that do not fit `capacity` are
+    /// dropped and their services installed afresh.
+    #[must_use]
+    pub fn adopt(
+        capacity: Capacity,
+        snat_override: Option<Ipv4Addr>,
+        previous: Vec<InstalledService>,
+    ) -> Self {
+        let fits = |s: &InstalledService| {
+            s.id < capacity.max_services && s.backends.iter().all(|b| b.id < capacity.max_backends)
+        };
+        let services: BTreeMap<String, InstalledService> =
+            previous.into_iter().filter(fits).map(|s| (s.spec.name.clone(), s)).collect();
+        Self {
+            service_ids: IdPool::without(capacity.max_services, services.values().map(|s| s.id)),
+            backend_ids: IdPool::without(
+                capacity.max_backends,
+                services.values().flat_map(|s| s.backends.iter().map(|b| b.id)),
+            ),
+            services,
+            snat_override,
+            rewrite_all: true,
+        }
+    }
+
+    /// Service keys and ids as installed, to prune map entries nobody
+    /// recorded (an earlier daemon that crashed before saving its state).
+    #[must_use]
+    pub fn installed_keys(&self) -> (Vec<ServiceKey>, Vec<u32>) {
+        (
+            self.services.values().map(InstalledService::key).collect(),
+            self.services.values().map(|s| s.id).collect(),
+        )
     }
 
     /// The installed services, by name.
@@ -162,9 +209,19 @@ impl Table {
         let mut next = BTreeMap::new();
         for spec in &file.services {
             let current = self.services.get(&spec.name);
+            // Ids freed by this very apply are only reusable by the next
+            // one, so a full table cannot swap services in one step.
             let id = match current {
                 Some(current) => current.id,
-                None => service_ids.pop_front().expect("checked against capacity"),
+                None => service_ids.pop_front().ok_or(ApplyError::TooManyServices {
+                    wanted: wanted_services
+                        + self
+                            .services
+                            .keys()
+                            .filter(|n| !file.services.iter().any(|s| &s.name == *n))
+                            .count(),
+                    capacity: self.service_ids.capacity,
+                })?,
             };
             let mut backends = Vec::with_capacity(spec.backends.len());
             for backend in &spec.backends {
@@ -256,7 +313,8 @@ impl Table {
             }
             match current {
                 None => summary.added.push(name.clone()),
-                Some(_) => summary.changed.push(name.clone()),
+                Some(c) if c != service => summary.changed.push(name.clone()),
+                Some(_) => {}
             }
         }
         let mut service_ids = service_ids;
@@ -276,6 +334,7 @@ impl Table {
         let mut backend_ids = backend_ids;
         backend_ids.extend(freed_backends);
         self.services = next;
+        self.rewrite_all = false;
         self.service_ids.free = service_ids;
         self.backend_ids.free = backend_ids;
         Ok(summary)
@@ -303,7 +362,6 @@ fn write_backend(maps: &mut Maps, backend: &InstalledBackend) -> Result<(), Appl
         port: wire_port(backend.spec.addr.port()),
         _pad: 0,
     };
-    reset_traffic(&mut maps.backend_traffic, backend.id)?;
     maps.backends.set(backend.id, value, 0).map_err(map_err("BACKENDS"))
 }
 

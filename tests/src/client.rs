@@ -5,6 +5,11 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddrV4, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -111,5 +116,78 @@ pub fn wait_until_listening(addr: SocketAddrV4, timeout: Duration) -> anyhow::Re
             bail!("nothing listening on {addr} after {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests on new connections, one after another, from a background
+/// thread in the client's namespace, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<LoadReport>>,
+    thread: JoinHandle<()>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Each answer, with when it came.
+    pub answers: Vec<(Instant, Answer)>,
+    /// Each failure, with when it happened and why.
+    pub failures: Vec<(Instant, String)>,
+}
+
+impl LoadReport {
+    /// Nodes that answered requests started after `since`.
+    #[must_use]
+    pub fn nodes_since(&self, since: Instant) -> std::collections::BTreeSet<String> {
+        self.answers.iter().filter(|(at, _)| *at > since).map(|(_, a)| a.node.clone()).collect()
+    }
+}
+
+impl Load {
+    /// Starts requesting `GET /` from `addr` about every `pause`.
+    pub fn start(ns: &crate::netns::Netns, addr: SocketAddrV4, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let (flag, shared) = (Arc::clone(&stop), Arc::clone(&report));
+        let thread = ns.spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = http_get(addr);
+                let mut report = shared.lock().expect("report lock");
+                match result {
+                    Ok(answer) => report.answers.push((started, answer)),
+                    Err(err) => report.failures.push((started, format!("{err:#}"))),
+                }
+                drop(report);
+                std::thread::sleep(pause);
+            }
+        });
+        Self { stop, report, thread }
+    }
+
+    /// What it has seen so far.
+    #[must_use]
+    pub fn report(&self) -> LoadReport {
+        self.report.lock().expect("report lock").clone()
+    }
+
+    /// Waits until a request started after `since` was answered by `node`.
+    pub fn wait_for_node(&self, node: &str, since: Instant, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.report().nodes_since(since).contains(node) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no answer from {node} within {timeout:?}")
+    }
+
+    pub fn stop(self) -> LoadReport {
+        let Self { stop, report, thread } = self;
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+        report.lock().expect("report lock").clone()
     }
 }

@@ -41,6 +41,23 @@ pub const UDP_NODEPORT: u16 = 30053;
 pub const CLIENT_IFACE: &str = "f-client";
 pub const LAN_IFACE: &str = "f-lan";
 
+/// A service file: `web` (TCP 80 -> NodePort 30080) and `dns` (UDP 53 ->
+/// NodePort 30053) on the VIP, both in `mode`, backed by nodes `nodes`
+/// (0-based); `web_extra` is added to web's table (e.g. a health check).
+#[must_use]
+pub fn service_file(mode: &str, nodes: &[usize], web_extra: &str) -> String {
+    let list = |port: u16| {
+        nodes.iter().map(|&i| format!("\"{}:{port}\"", node_addr(i))).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "[[service]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
+         backends = [{}]\n{web_extra}\n\n[[service]]\nname = \"dns\"\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\n\
+         mode = \"{mode}\"\nbackends = [{}]\n",
+        list(HTTP_NODEPORT),
+        list(UDP_NODEPORT)
+    )
+}
+
 /// Address of node `i` (0-based).
 #[must_use]
 pub fn node_addr(i: usize) -> Ipv4Addr {
@@ -67,6 +84,9 @@ impl Node {
 }
 
 pub struct Lab {
+    // Dropped first: unmounting the lab's bpffs releases whatever a daemon
+    // left pinned (links included), so nothing stays attached.
+    bpffs: BpfFs,
     // Processes live in the nodes and stop before the namespaces go.
     pub nodes: Vec<Node>,
     pub client: Netns,
@@ -79,10 +99,12 @@ impl Lab {
     /// Builds the topology with `nodes` nodes (not yet serving).
     pub fn new(prefix: &str, nodes: usize) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("forwarder-lab").tempdir()?;
+        let bpffs = BpfFs::mount(&dir.path().join("bpf"))?;
+        fs::create_dir_all(dir.path().join("run"))?;
         let client = Netns::create(unique_name(prefix, "c"))?;
         let forwarder = Netns::create(unique_name(prefix, "f"))?;
         let lan = Netns::create(unique_name(prefix, "l"))?;
-        let mut lab = Self { nodes: Vec::new(), client, forwarder, lan, dir };
+        let mut lab = Self { bpffs, nodes: Vec::new(), client, forwarder, lan, dir };
         lab.wire(nodes).context("building the lab")?;
         Ok(lab)
     }
@@ -162,17 +184,85 @@ impl Lab {
         Ok(path)
     }
 
-    /// Starts `forwarder run` on both forwarder interfaces with `services`
-    /// and waits until it forwards.
+    /// Starts a `forwarder run` daemon on both forwarder interfaces with
+    /// `services` (state pinned in the lab's bpffs, control socket in the
+    /// lab's run directory) and waits until it forwards.
     pub fn start_forwarder(&self, services: &Path, extra: &[&str]) -> anyhow::Result<Process> {
         let mut cmd = self.forwarder.command(crate::forwarder_bin());
-        cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"])
-            .arg(services)
-            .args(extra);
+        cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"]).arg(services);
+        cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir()).args(extra);
         cmd.env("RUST_LOG", "debug");
         let mut process = Process::spawn("forwarder", cmd)?;
         process.wait_for("forwarding;", 1, Duration::from_secs(30))?;
         Ok(process)
+    }
+
+    /// Where the lab's daemon pins its state.
+    #[must_use]
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.path.join("forwarder")
+    }
+
+    /// The lab daemon's run directory (control socket, state record).
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Runs a `forwarder` CLI verb on the forwarder host (its namespace)
+    /// against the lab's daemon: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .forwarder
+            .command(crate::forwarder_bin())
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(args)
+            .output()
+            .expect("run the forwarder CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a CLI verb that must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (code, stdout, stderr) = self.cli(args);
+        assert_eq!(code, 0, "forwarder {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// Starts a node's server again, after [`Lab::stop_server`].
+    pub fn restart_server(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let dir = self.dir.path().join(&node.name);
+        let mut cmd = node.ns.command("nginx");
+        cmd.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
+        node.server = Some(Process::spawn(&format!("nginx on {}", node.name), cmd)?);
+        let local = SocketAddrV4::new(node.addr, HTTP_NODEPORT);
+        node.ns.enter(|| crate::client::wait_until_listening(local, Duration::from_secs(10)))
+    }
+}
+
+/// A bpffs mounted for one lab, in the root mount namespace so it
+/// outlives any one `ip netns exec`; unmounted on drop.
+struct BpfFs {
+    path: PathBuf,
+}
+
+impl BpfFs {
+    fn mount(path: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(path)?;
+        crate::netns::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(path))?;
+        Ok(Self { path: path.to_owned() })
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = crate::netns::run(Command::new("umount").arg(&self.path));
     }
 }
 

@@ -56,21 +56,38 @@ impl Netns {
         run(self.command(program).args(args.split_whitespace()))
     }
 
+    /// Runs `f` on a new background thread inside the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_path(&path);
+            f()
+        })
+    }
+
     /// Runs `f` on a thread inside the namespace. Sockets it creates belong
     /// to the namespace and may be used from any thread afterwards.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|scope| {
             let thread = scope.spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                // SAFETY: a valid namespace fd; affects only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                enter_path(&path);
                 f()
             });
             thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter_path(path: &str) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for Netns {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod build;
 mod cmd;
 mod demo;
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -26,6 +27,7 @@ enum Command {
     Run(run::Run),
     Test(test::Test),
     Demo(demo::Demo),
+    Install(install::Install),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Command::Run(cmd) => cmd.execute(),
         Command::Test(cmd) => cmd.execute(),
         Command::Demo(cmd) => cmd.execute(),
+        Command::Install(cmd) => cmd.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

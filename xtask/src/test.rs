@@ -41,10 +41,11 @@ impl Test {
     }
 }
 
-/// Removes network namespaces left by a test run that was killed before its
-/// guards ran: test namespaces are named `{prefix}{pid}x{n}{role}`; those
-/// whose pid is gone are stale.
+/// Removes what a test run killed before its guards ran left behind:
+/// network namespaces named `{prefix}{pid}x{n}{role}` whose pid is gone,
+/// and the labs' bpffs mounts (which also detaches anything pinned there).
 fn remove_stale_namespaces() {
+    remove_stale_mounts();
     let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() else { return };
     for name in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
         let Some(rest) = name.strip_prefix("fw") else { continue };
@@ -57,4 +58,35 @@ fn remove_stale_namespaces() {
         eprintln!("removing stale test namespace {name}");
         let _ = cmd::run(cmd::as_root("ip").args(["netns", "del", name]));
     }
+}
+
+fn remove_stale_mounts() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_), Some(point), Some(kind)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let stale = kind == "bpf"
+            && point
+                .starts_with(std::env::temp_dir().join("forwarder-lab").to_str().unwrap_or("/nonexistent"))
+            && !lab_alive(point);
+        if stale {
+            eprintln!("unmounting stale lab bpffs {point}");
+            let _ = cmd::run(cmd::as_root("umount").arg(point));
+        }
+    }
+}
+
+/// Whether a process still uses the lab holding mount `point` (its temp dir
+/// is open as a working directory or file by the test that made it).
+fn lab_alive(point: &str) -> bool {
+    let Some(lab) = std::path::Path::new(point).parent() else { return false };
+    let Ok(procs) = std::fs::read_dir("/proc") else { return true };
+    procs.filter_map(Result::ok).any(|p| {
+        std::fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+            fds.filter_map(Result::ok)
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(lab)))
+        })
+    })
 }

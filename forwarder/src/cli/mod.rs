@@ -1,17 +1,28 @@
 //! The command line: one module per verb; doc comments are the `--help`.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
+mod apply;
+mod backend;
 mod check;
+mod completions;
+mod down;
+mod flows;
+mod output;
 mod run;
+mod service;
+mod stats;
 
 /// XDP NodePort forwarder: VIP:port to NodeIP:NodePort in the kernel's fast
 /// path, for bare-metal Kubernetes clusters without a cloud load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "forwarder", version)]
 pub struct Cli {
+    /// Directory of the daemon's control socket and state record.
+    #[arg(long, global = true, value_name = "DIR", env = "FORWARDER_RUN_DIR", default_value = crate::control::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,15 +31,55 @@ pub struct Cli {
 enum Command {
     Run(run::RunArgs),
     Check(check::CheckArgs),
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    #[command(subcommand)]
+    Backend(backend::BackendCommand),
+    Apply(apply::ApplyArgs),
+    Stats(stats::StatsArgs),
+    Flows(flows::FlowsArgs),
+    Down(down::DownArgs),
+    Completions(completions::CompletionsArgs),
 }
 
 impl Cli {
+    /// Parses the command line; a usage error is one line on stderr (exit
+    /// 2), help and version print as usual.
+    #[must_use]
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(err) => {
+                use clap::error::ErrorKind::{
+                    DisplayHelp, DisplayHelpOnMissingArgumentOrSubcommand, DisplayVersion,
+                };
+                if matches!(
+                    err.kind(),
+                    DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+                ) {
+                    err.exit();
+                }
+                let text = err.to_string();
+                eprintln!("{}", text.lines().next().unwrap_or("error: invalid arguments"));
+                std::process::exit(2);
+            }
+        }
+    }
+
     /// Runs the chosen verb; errors are printed on one line.
     #[must_use]
     pub fn execute(self) -> ExitCode {
-        let result = match self.command {
-            Command::Run(args) => args.execute(),
+        let Self { run_dir, command } = self;
+        let result = match command {
+            Command::Run(args) => args.execute(run_dir),
             Command::Check(args) => args.execute(),
+            Command::Service(command) => command.execute(&run_dir),
+            Command::Backend(command) => command.execute(&run_dir),
+            Command::Apply(args) => args.execute(&run_dir),
+            Command::Stats(args) => args.execute(&run_dir),
+            Command::Flows(args) => args.execute(&run_dir),
+            Command::Down(args) => args.execute(&run_dir),
+            Command::Completions(args) => args.execute(&mut Cli::command()),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

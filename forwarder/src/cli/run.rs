@@ -1,4 +1,7 @@
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::Args;
 use forwarder_common::maps::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES};
@@ -9,8 +12,12 @@ use crate::{
 };
 
 /// Load the datapath, attach it to the interfaces and forward the services
-/// of the service file, in the foreground until SIGINT or SIGTERM; then
-/// detach and restore what was changed.
+/// of the service file, in the foreground. SIGHUP (or a change of the file)
+/// reloads it; SIGTERM or SIGINT stop (detach, restore what was changed;
+/// the connection table stays pinned for the next start); SIGUSR2 exits
+/// leaving the datapath forwarding, for a new daemon to adopt with no gap
+/// (restarts and upgrades). A daemon starting where an earlier one left
+/// its state adopts it: open connections continue.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to attach to; repeat for each (e.g. the client side and
@@ -42,10 +49,26 @@ pub struct RunArgs {
     /// TC path.
     #[arg(long)]
     no_neighbour_prefetch: bool,
+    /// bpffs directory for the pinned maps and links (mounted if needed).
+    #[arg(long, value_name = "DIR", default_value = crate::kernel::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9405", conflicts_with = "no_metrics")]
+    metrics: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Add every VIP to this interface so the host answers ARP for it (flat
+    /// layer-2 networks); removed on stop.
+    #[arg(long, value_name = "IFACE")]
+    announce: Option<String>,
+    /// Do not reload when the service file changes (SIGHUP still does).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 impl RunArgs {
-    pub fn execute(self) -> anyhow::Result<()> {
+    pub fn execute(self, run_dir: PathBuf) -> anyhow::Result<()> {
         let Self {
             ifaces,
             services,
@@ -55,6 +78,11 @@ impl RunArgs {
             max_backends,
             max_connections,
             no_neighbour_prefetch,
+            pin_dir,
+            metrics,
+            no_metrics,
+            announce,
+            no_watch,
         } = self;
         crate::logging::init();
         let config = RunConfig {
@@ -68,6 +96,11 @@ impl RunArgs {
                 max_flow_entries: max_connections.saturating_mul(2),
             },
             prefetch_neighbours: !no_neighbour_prefetch,
+            pin_dir,
+            run_dir,
+            metrics: (!no_metrics).then_some(metrics),
+            announce,
+            watch: !no_watch,
         };
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -40,6 +40,22 @@ fn parses_the_documented_format() {
 }
 
 #[test]
+fn health_checks_parse_with_defaults() {
+    let text = GOOD.replace(
+        "mode = \"preserve\"",
+        "mode = \"preserve\"\nhealth = { kind = \"http\", port = 32000, interval = \"500ms\", rise = 1 }",
+    );
+    let file = parse(&text).unwrap();
+    assert_eq!(file.services[0].health, None);
+    let health = file.services[1].health.clone().unwrap();
+    assert_eq!(health.kind, HealthKind::Http { path: "/healthz".to_owned() });
+    assert_eq!(health.port, Some(32000));
+    assert_eq!(health.interval, std::time::Duration::from_millis(500));
+    assert_eq!(health.timeout, std::time::Duration::from_millis(500).min(health::DEFAULT_TIMEOUT));
+    assert_eq!((health.rise, health.fall), (1, health::DEFAULT_FALL));
+}
+
+#[test]
 fn mode_defaults_to_snat_and_snat_ip_is_optional() {
     let text = "[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 1\nprotocol = \"udp\"\nbackends = [\"10.0.1.1:2\"]\n";
     let file = parse(text).unwrap();

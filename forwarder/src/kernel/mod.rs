@@ -1,17 +1,31 @@
 //! Loading the eBPF object, attaching it, and typed handles to its maps.
+//!
+//! With a [`Pins`] layout the maps are pinned in bpffs and a later load
+//! adopts them, connection table included ([`attach`] does the same for the
+//! XDP and TC links), so the daemon can restart or be upgraded while
+//! connections continue.
+
+mod attach;
+mod pins;
+
+pub use attach::{AttachMode, Attachment};
+pub use pins::{PinError, Pins, remove_all as pins_remove_all};
+
+/// Where the daemon pins its maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/forwarder";
 
 use std::ffi::CString;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, HashOfMaps, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{SchedClassifier, Xdp},
 };
 use forwarder_common::{
     counters::Traffic,
     maps::{Backend, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, names, programs},
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The datapath object, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder"));
@@ -34,16 +48,6 @@ impl Default for Capacity {
             max_flow_entries: DEFAULT_MAX_FLOW_ENTRIES,
         }
     }
-}
-
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// The driver's XDP hook; falls back to generic (skb) XDP, with a
-    /// warning, where the driver has none.
-    Native,
-    /// Generic XDP, for any interface (slower).
-    Skb,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,10 @@ pub enum KernelError {
     },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("pinning the {kind} link of {iface}: {message}")]
+    PinLink { kind: &'static str, iface: String, message: String },
 }
 
 /// Typed handles to every map.
@@ -89,12 +97,15 @@ pub struct Maps {
     pub settings: Array<MapData, Settings>,
 }
 
-/// The loaded datapath. Dropping it detaches every program.
+/// The loaded datapath. Dropping it detaches every program whose link is
+/// not pinned; see [`Kernel::detach`] and [`Kernel::hand_over`].
 pub struct Kernel {
     ebpf: Ebpf,
     pub maps: Maps,
-    /// Interfaces XDP is attached to, with the mode it got.
-    attached: Vec<(String, AttachMode)>,
+    pins: Option<Pins>,
+    /// Whether the maps were adopted from an earlier daemon.
+    adopted: bool,
+    links: Vec<attach::Attached>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -107,11 +118,27 @@ where
 
 impl Kernel {
     /// Loads the object with the given capacities and `log_level` for the
-    /// datapath's own (rare) log records.
-    pub fn load(capacity: Capacity, log_level: aya_log::Level) -> Result<Self, KernelError> {
+    /// datapath's own (rare) log records. With `pins`, maps already pinned
+    /// there are adopted and new ones pinned.
+    pub fn load(
+        capacity: Capacity,
+        log_level: aya_log::Level,
+        pins: Option<Pins>,
+    ) -> Result<Self, KernelError> {
         let Capacity { max_services, max_backends, max_flow_entries } = capacity;
         let level = log_level as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let adopted = match &pins {
+            Some(pins) => {
+                let adopted = pins.check_adoptable(capacity)?;
+                for name in names::PINNED {
+                    loader.map_pin_path(name, pins.map(name));
+                }
+                adopted
+            }
+            None => false,
+        };
+        let mut ebpf = loader
             .map_max_entries(names::SERVICES, max_services)
             .map_max_entries(names::MAGLEV, max_services)
             .map_max_entries(names::SERVICE_TRAFFIC, max_services)
@@ -148,7 +175,13 @@ impl Kernel {
             egress: take(&mut ebpf, names::EGRESS)?,
             settings: take(&mut ebpf, names::SETTINGS)?,
         };
-        Ok(Self { ebpf, maps, attached: Vec::new() })
+        Ok(Self { ebpf, maps, pins, adopted, links: Vec::new() })
+    }
+
+    /// Whether the maps (and their connections) came from an earlier daemon.
+    #[must_use]
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The XDP program, for `test_run` and attaching.
@@ -165,41 +198,6 @@ impl Kernel {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("loaded in Kernel::load"),
         }
-    }
-
-    /// Attaches XDP (and the TC fallback on clsact ingress) to `iface` and
-    /// lists it as a redirect target.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, KernelError> {
-        let ifindex = ifindex(iface)?;
-        let attach_err = |source| KernelError::Attach { iface: iface.to_owned(), source };
-        let got = match mode {
-            AttachMode::Skb => {
-                self.xdp().attach_to_if_index(ifindex, XdpMode::Skb).map_err(attach_err)?;
-                AttachMode::Skb
-            }
-            AttachMode::Native => match self.xdp().attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(_) => AttachMode::Native,
-                Err(err) => {
-                    warn!(%iface, "native XDP unavailable ({err}); falling back to generic XDP");
-                    self.xdp().attach_to_if_index(ifindex, XdpMode::Skb).map_err(attach_err)?;
-                    AttachMode::Skb
-                }
-            },
-        };
-        self.tc().attach(iface, TcAttachType::Ingress).map_err(attach_err)?;
-        self.maps
-            .egress
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|err| KernelError::Egress(err.to_string()))?;
-        info!(%iface, ifindex, mode = ?got, "attached");
-        self.attached.push((iface.to_owned(), got));
-        Ok(got)
-    }
-
-    /// Interfaces attached so far.
-    #[must_use]
-    pub fn attached(&self) -> &[(String, AttachMode)] {
-        &self.attached
     }
 }
 

@@ -1,0 +1,366 @@
+//! Editing a service file in place, keeping its comments and layout, and
+//! writing it atomically.
+//!
+//! Every change made from the command line is an edit of the document;
+//! the edited text then goes through [`ServiceFile::parse`] like a file
+//! written by hand, so one set of rules validates both.
+
+use std::{
+    io::Write as _,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
+
+use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
+
+use super::{BackendSpec, DEFAULT_WEIGHT, HealthKind, Service, ServiceFile};
+
+/// A service file as a document that can be edited.
+#[derive(Clone, Debug)]
+pub struct Editor {
+    doc: DocumentMut,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("no service named {0:?}")]
+    NoService(String),
+    #[error("a service named {0:?} already exists")]
+    ServiceExists(String),
+    #[error("service {service:?} has no backend {addr}")]
+    NoBackend { service: String, addr: SocketAddrV4 },
+    #[error("service {service:?} already has backend {addr}")]
+    BackendExists { service: String, addr: SocketAddrV4 },
+    #[error("{addr} is the last backend of {service:?}: remove the service instead")]
+    LastBackend { service: String, addr: SocketAddrV4 },
+    #[error("cannot edit this file's {0}: edit it by hand, or use --runtime-only")]
+    Layout(&'static str),
+    #[error("not TOML: {0}")]
+    Parse(#[from] toml_edit::TomlError),
+}
+
+impl Editor {
+    pub fn parse(text: &str) -> Result<Self, EditError> {
+        Ok(Self { doc: text.parse()? })
+    }
+
+    /// A fresh document holding `file`.
+    #[must_use]
+    pub fn render(file: &ServiceFile) -> Self {
+        let mut editor = Self { doc: DocumentMut::new() };
+        if let Some(ip) = file.snat_ip {
+            editor.doc["snat_ip"] = value(ip.to_string());
+        }
+        for service in &file.services {
+            editor.add_service(service).expect("a fresh document has the expected layout");
+        }
+        editor
+    }
+
+    #[must_use]
+    pub fn text(&self) -> String {
+        self.doc.to_string()
+    }
+
+    fn services(&mut self) -> Result<&mut ArrayOfTables, EditError> {
+        let item = self.doc.entry("service").or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
+        item.as_array_of_tables_mut().ok_or(EditError::Layout("service list (expected [[service]] tables)"))
+    }
+
+    fn service_index(&mut self, name: &str) -> Result<usize, EditError> {
+        self.services()?
+            .iter()
+            .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
+            .ok_or_else(|| EditError::NoService(name.to_owned()))
+    }
+
+    fn backends(&mut self, name: &str) -> Result<&mut Array, EditError> {
+        let index = self.service_index(name)?;
+        let table = self.services()?.get_mut(index).expect("index found above");
+        table
+            .get_mut("backends")
+            .and_then(Item::as_array_mut)
+            .ok_or(EditError::Layout("backends (expected an inline array)"))
+    }
+
+    pub fn add_service(&mut self, service: &Service) -> Result<(), EditError> {
+        let Service { name, vip, port, protocol, mode, backends, health } = service;
+        if self.service_index(name).is_ok() {
+            return Err(EditError::ServiceExists(name.clone()));
+        }
+        let mut table = Table::new();
+        table["name"] = value(name.as_str());
+        table["vip"] = value(vip.to_string());
+        table["port"] = value(i64::from(*port));
+        table["protocol"] = value(protocol.to_string());
+        table["mode"] = value(mode.to_string());
+        let mut list = Array::new();
+        for backend in backends {
+            list.push(backend_value(backend));
+        }
+        table["backends"] = value(list);
+        if let Some(health) = health {
+            let mut spec = InlineTable::new();
+            match &health.kind {
+                HealthKind::Tcp => spec.insert("kind", "tcp".into()),
+                HealthKind::Http { path } => {
+                    spec.insert("kind", "http".into());
+                    spec.insert("path", path.as_str().into())
+                }
+            };
+            if let Some(port) = health.port {
+                spec.insert("port", i64::from(port).into());
+            }
+            spec.insert("interval", humantime::format_duration(health.interval).to_string().into());
+            spec.insert("timeout", humantime::format_duration(health.timeout).to_string().into());
+            spec.insert("rise", i64::from(health.rise).into());
+            spec.insert("fall", i64::from(health.fall).into());
+            table["health"] = value(spec);
+        }
+        self.services()?.push(table);
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, name: &str) -> Result<(), EditError> {
+        let index = self.service_index(name)?;
+        self.services()?.remove(index);
+        Ok(())
+    }
+
+    pub fn add_backend(&mut self, service: &str, backend: &BackendSpec) -> Result<(), EditError> {
+        let list = self.backends(service)?;
+        if find(list, backend.addr).is_some() {
+            return Err(EditError::BackendExists { service: service.to_owned(), addr: backend.addr });
+        }
+        edit_entries(list, |entries| entries.push((backend_value(backend), String::new())));
+        Ok(())
+    }
+
+    pub fn remove_backend(&mut self, service: &str, addr: SocketAddrV4) -> Result<(), EditError> {
+        let list = self.backends(service)?;
+        let index =
+            find(list, addr).ok_or_else(|| EditError::NoBackend { service: service.to_owned(), addr })?;
+        if list.len() == 1 {
+            return Err(EditError::LastBackend { service: service.to_owned(), addr });
+        }
+        edit_entries(list, |entries| {
+            entries.remove(index);
+        });
+        Ok(())
+    }
+
+    pub fn set_weight(&mut self, service: &str, addr: SocketAddrV4, weight: u32) -> Result<(), EditError> {
+        let list = self.backends(service)?;
+        let index =
+            find(list, addr).ok_or_else(|| EditError::NoBackend { service: service.to_owned(), addr })?;
+        edit_entries(list, |entries| entries[index].0 = backend_value(&BackendSpec { addr, weight }));
+        Ok(())
+    }
+}
+
+/// Edits an array as (entry, comment after it) pairs.
+///
+/// `toml_edit` keeps a comment that follows an entry's comma in the *next*
+/// entry's prefix; an array written one entry per line is rebuilt here so
+/// each comment stays with its entry through inserts and removals. A
+/// one-line array is edited as is.
+fn edit_entries(list: &mut Array, edit: impl FnOnce(&mut Vec<(Value, String)>)) {
+    let prefix = |v: &Value| v.decor().prefix().and_then(|p| p.as_str()).unwrap_or("").to_owned();
+    let multiline = list.iter().any(|v| prefix(v).contains('\n'));
+    if !multiline {
+        let mut entries: Vec<(Value, String)> = list.iter().map(|v| (v.clone(), String::new())).collect();
+        edit(&mut entries);
+        let mut rebuilt = Array::new();
+        for (v, _) in entries {
+            rebuilt.push_formatted(v);
+        }
+        rebuilt.fmt();
+        *list = rebuilt;
+        return;
+    }
+    let first_line = |text: &str| text.split_once('\n').map_or(String::new(), |(line, _)| line.to_owned());
+    let indent = list
+        .iter()
+        .last()
+        .map(|v| prefix(v).rsplit_once('\n').map_or("    ".to_owned(), |(_, indent)| indent.to_owned()))
+        .unwrap_or_else(|| "    ".to_owned());
+    let head = list.iter().next().map(|v| first_line(&prefix(v))).unwrap_or_default();
+    let trailing = list.trailing().as_str().unwrap_or("").to_owned();
+    let values: Vec<Value> = list.iter().cloned().collect();
+    let mut entries: Vec<(Value, String)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let after =
+                values.get(i + 1).map_or_else(|| first_line(&trailing), |next| first_line(&prefix(next)));
+            (v.clone(), after)
+        })
+        .collect();
+    edit(&mut entries);
+    let mut rebuilt = Array::new();
+    let mut before = head;
+    for (mut v, after) in entries {
+        v.decor_mut().set_prefix(format!("{before}\n{indent}"));
+        v.decor_mut().set_suffix("");
+        rebuilt.push_formatted(v);
+        before = after;
+    }
+    rebuilt.set_trailing(format!("{before}\n"));
+    rebuilt.set_trailing_comma(true);
+    *list = rebuilt;
+}
+
+/// `"IP:PORT"` at the default weight, `{ addr = "IP:PORT", weight = W }` otherwise.
+fn backend_value(backend: &BackendSpec) -> Value {
+    if backend.weight == DEFAULT_WEIGHT {
+        return backend.addr.to_string().into();
+    }
+    let mut table = InlineTable::new();
+    table.insert("addr", backend.addr.to_string().into());
+    table.insert("weight", i64::from(backend.weight).into());
+    Value::InlineTable(table)
+}
+
+fn find(list: &Array, addr: SocketAddrV4) -> Option<usize> {
+    list.iter().position(|entry| {
+        let text = match entry {
+            Value::String(s) => Some(s.value().as_str()),
+            Value::InlineTable(t) => t.get("addr").and_then(Value::as_str),
+            _ => None,
+        };
+        text.and_then(|t| t.parse::<SocketAddrV4>().ok()) == Some(addr)
+    })
+}
+
+/// Replaces `path` with `text` so readers see the old file or the new one,
+/// never a mix: a temporary file in the same directory, synced, renamed
+/// over. The file's permissions are kept.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp: PathBuf = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&temp, meta.permissions())?;
+        }
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"# Front door of the cluster.
+snat_ip = "198.18.2.1"   # the forwarder's LAN address
+
+[[service]]
+name = "web"
+vip = "203.0.113.10"
+port = 80
+protocol = "tcp"
+backends = [
+    "198.18.2.11:30080",   # node a
+    "198.18.2.12:30080",   # node b
+]
+"#;
+
+    fn parsed(editor: &Editor) -> ServiceFile {
+        ServiceFile::parse(Path::new("t.toml"), &editor.text()).expect("still valid")
+    }
+
+    #[test]
+    fn backend_edits_keep_comments() {
+        let mut editor = Editor::parse(FILE).unwrap();
+        let c: SocketAddrV4 = "198.18.2.13:30080".parse().unwrap();
+        let a: SocketAddrV4 = "198.18.2.11:30080".parse().unwrap();
+        editor.add_backend("web", &BackendSpec { addr: c, weight: 3 }).unwrap();
+        editor.set_weight("web", a, 0).unwrap();
+        editor.remove_backend("web", "198.18.2.12:30080".parse().unwrap()).unwrap();
+        let text = editor.text();
+        assert!(text.starts_with(
+            "# Front door of the cluster.\nsnat_ip = \"198.18.2.1\"   # the forwarder's LAN address"
+        ));
+        assert!(text.contains("# node a"), "{text}");
+        let file = parsed(&editor);
+        assert_eq!(
+            file.services[0].backends,
+            [BackendSpec { addr: a, weight: 0 }, BackendSpec { addr: c, weight: 3 }]
+        );
+        editor.set_weight("web", a, 1).unwrap();
+        assert!(editor.text().contains("\"198.18.2.11:30080\""), "back to the short form");
+    }
+
+    #[test]
+    fn services_are_added_and_removed() {
+        let mut editor = Editor::parse(FILE).unwrap();
+        let mut dns = parsed(&editor).services[0].clone();
+        dns.name = "dns".to_owned();
+        dns.port = 53;
+        dns.protocol = super::super::Protocol::Udp;
+        editor.add_service(&dns).unwrap();
+        assert_eq!(parsed(&editor).services[1], dns);
+        editor.remove_service("web").unwrap();
+        assert_eq!(parsed(&editor).services, [dns]);
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let mut editor = Editor::parse(FILE).unwrap();
+        let a: SocketAddrV4 = "198.18.2.11:30080".parse().unwrap();
+        let z: SocketAddrV4 = "198.18.2.99:30080".parse().unwrap();
+        let cases: [(&str, Result<(), EditError>); 5] = [
+            ("no service named \"api\"", editor.remove_service("api")),
+            ("service \"web\" has no backend 198.18.2.99:30080", editor.set_weight("web", z, 2)),
+            (
+                "service \"web\" already has backend 198.18.2.11:30080",
+                editor.add_backend("web", &BackendSpec { addr: a, weight: 1 }),
+            ),
+            ("a service named \"web\" already exists", {
+                let web = parsed(&Editor::parse(FILE).unwrap()).services[0].clone();
+                editor.add_service(&web)
+            }),
+            ("198.18.2.11:30080 is the last backend", {
+                editor.remove_backend("web", "198.18.2.12:30080".parse().unwrap()).unwrap();
+                editor.remove_backend("web", a)
+            }),
+        ];
+        for (want, got) in cases {
+            let err = got.expect_err(want).to_string();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn rendering_round_trips() {
+        let text = FILE.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nmode = \"preserve\"\nhealth = { kind = \"http\", port = 32000, path = \"/healthz\" }",
+        );
+        let file = ServiceFile::parse(Path::new("t.toml"), &text).unwrap();
+        assert_eq!(parsed(&Editor::render(&file)), file);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_keeps_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("forwarder-edit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("services.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

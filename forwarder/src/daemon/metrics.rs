@@ -1,0 +1,226 @@
+//! The Prometheus endpoint: `GET /metrics`, rendered at each scrape from
+//! the same statistics `forwarder stats` shows.
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use http_body_util::Full;
+use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+use tracing::{info, warn};
+
+use super::server::{Call, ask};
+use crate::{
+    control::Request,
+    report::{Counters, Health, Stats},
+};
+
+type Labels = Vec<(String, String)>;
+
+/// Serves metrics on `addr` until the daemon's loop goes away.
+pub async fn spawn(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(%addr, "metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| handle(request, calls.clone()));
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(err) = served {
+                    warn!("metrics connection: {err}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(
+    request: HttpRequest<hyper::body::Incoming>,
+    calls: mpsc::Sender<Call>,
+) -> Result<HttpResponse<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, body: String| {
+        let mut response = HttpResponse::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return Ok(reply(StatusCode::NOT_FOUND, "see /metrics\n".to_owned()));
+    }
+    let answer = ask(&calls, Request::Stats).await;
+    let stats = answer.data.and_then(|data| serde_json::from_value::<Stats>(data).ok());
+    Ok(match stats {
+        Some(stats) => {
+            let mut response = reply(StatusCode::OK, render(&stats));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        None => reply(StatusCode::SERVICE_UNAVAILABLE, answer.error.unwrap_or_default()),
+    })
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Per-direction packet and byte counters, and new connections.
+struct Traffic {
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    new_connections: Family<Labels, Counter>,
+    connections: Family<Labels, Gauge>,
+}
+
+impl Traffic {
+    fn register(registry: &mut Registry, prefix: &str, what: &str) -> Self {
+        let traffic = Self {
+            packets: Family::default(),
+            bytes: Family::default(),
+            new_connections: Family::default(),
+            connections: Family::default(),
+        };
+        registry.register(
+            format!("{prefix}_packets"),
+            format!("Packets forwarded per {what}, by direction"),
+            traffic.packets.clone(),
+        );
+        registry.register(
+            format!("{prefix}_bytes"),
+            format!("IP bytes forwarded per {what}, by direction"),
+            traffic.bytes.clone(),
+        );
+        registry.register(
+            format!("{prefix}_new_connections"),
+            format!("Connections started per {what}"),
+            traffic.new_connections.clone(),
+        );
+        registry.register(
+            format!("{prefix}_connections"),
+            format!("Tracked connections per {what} (as of the last sweep)"),
+            traffic.connections.clone(),
+        );
+        traffic
+    }
+
+    fn set(&self, base: &[(&str, &str)], totals: &Counters, active: u64) {
+        for (direction, packets, bytes) in
+            [("in", totals.packets_in, totals.bytes_in), ("out", totals.packets_out, totals.bytes_out)]
+        {
+            let mut with = base.to_vec();
+            with.push(("direction", direction));
+            self.packets.get_or_create(&labels(&with)).inc_by(packets);
+            self.bytes.get_or_create(&labels(&with)).inc_by(bytes);
+        }
+        self.new_connections.get_or_create(&labels(base)).inc_by(totals.new_flows);
+        self.connections.get_or_create(&labels(base)).set(active as i64);
+    }
+}
+
+/// The statistics in Prometheus text format.
+#[must_use]
+pub fn render(stats: &Stats) -> String {
+    let mut registry = Registry::with_prefix("forwarder");
+    let services = Traffic::register(&mut registry, "service", "service");
+    let backends = Traffic::register(&mut registry, "backend", "backend");
+    let up: Family<Labels, Gauge> = Family::default();
+    let in_rotation: Family<Labels, Gauge> = Family::default();
+    let weight: Family<Labels, Gauge> = Family::default();
+    let reasons: Family<Labels, Counter> = Family::default();
+    let connections: Gauge = Gauge::default();
+    registry.register("backend_up", "Health check result: 1 up, 0 down (absent when unchecked)", up.clone());
+    registry.register(
+        "backend_in_rotation",
+        "1 when the backend receives new connections",
+        in_rotation.clone(),
+    );
+    registry.register("backend_weight", "Configured weight (0 drains)", weight.clone());
+    registry.register("datapath_packets", "Packets by what the datapath did with them", reasons.clone());
+    registry.register("connections", "Tracked connections (as of the last sweep)", connections.clone());
+
+    for service in &stats.services {
+        services.set(&[("service", &service.name)], &service.totals, service.active_flows);
+        for backend in &service.backends {
+            let addr = backend.addr.to_string();
+            let base = [("service", service.name.as_str()), ("backend", addr.as_str())];
+            backends.set(&base, &backend.totals, backend.active_flows);
+            match backend.health {
+                Health::Up => _ = up.get_or_create(&labels(&base)).set(1),
+                Health::Down => _ = up.get_or_create(&labels(&base)).set(0),
+                Health::Unchecked => {}
+            }
+            in_rotation.get_or_create(&labels(&base)).set(i64::from(backend.in_rotation));
+            weight.get_or_create(&labels(&base)).set(i64::from(backend.weight));
+        }
+    }
+    for reason in &stats.reasons {
+        reasons.get_or_create(&labels(&[("reason", &reason.reason)])).inc_by(reason.packets);
+    }
+    connections.set(stats.connections as i64);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{Mode, Protocol},
+        report::{BackendStats, Rates, ReasonCount, ServiceStats},
+    };
+
+    #[test]
+    fn renders_every_family() {
+        let totals =
+            Counters { packets_in: 10, bytes_in: 1000, packets_out: 8, bytes_out: 4000, new_flows: 2 };
+        let stats = Stats {
+            rate_interval_secs: 5.0,
+            flows_age_secs: 1.0,
+            connections: 2,
+            services: vec![ServiceStats {
+                name: "web".to_owned(),
+                vip: [10, 0, 0, 1].into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                mode: Mode::Snat,
+                totals,
+                rates: Rates::default(),
+                active_flows: 2,
+                backends: vec![BackendStats {
+                    addr: "10.0.1.1:30080".parse().unwrap(),
+                    weight: 1,
+                    health: Health::Down,
+                    in_rotation: false,
+                    totals,
+                    rates: Rates::default(),
+                    active_flows: 2,
+                }],
+            }],
+            reasons: vec![ReasonCount { reason: "redirect".to_owned(), packets: 18 }],
+        };
+        let text = render(&stats);
+        for line in [
+            "forwarder_service_packets_total{service=\"web\",direction=\"in\"} 10",
+            "forwarder_service_bytes_total{service=\"web\",direction=\"out\"} 4000",
+            "forwarder_service_new_connections_total{service=\"web\"} 2",
+            "forwarder_backend_connections{service=\"web\",backend=\"10.0.1.1:30080\"} 2",
+            "forwarder_backend_up{service=\"web\",backend=\"10.0.1.1:30080\"} 0",
+            "forwarder_backend_in_rotation{service=\"web\",backend=\"10.0.1.1:30080\"} 0",
+            "forwarder_datapath_packets_total{reason=\"redirect\"} 18",
+            "forwarder_connections 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

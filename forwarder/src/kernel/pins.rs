@@ -1,0 +1,186 @@
+//! Where the datapath's state lives in bpffs: `PIN_DIR/vN/maps/NAME` and
+//! `PIN_DIR/vN/links/{xdp,tc}-IFACE`, N being the map layout version.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapData;
+use forwarder_common::{
+    counters::Traffic,
+    maps::{Backend, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings, names},
+};
+use tracing::{info, warn};
+
+use super::Capacity;
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("mounting bpffs on {}: {error}", path.display())]
+    Mount { path: PathBuf, error: std::io::Error },
+    #[error(
+        "{} holds datapath state of another version (layout v{found}, this is v{LAYOUT_VERSION}): \
+         stop that daemon and run `forwarder down` first",
+        path.display()
+    )]
+    OtherVersion { path: PathBuf, found: String },
+    #[error("pinned map {}: {message}; run `forwarder down` to start afresh", path.display())]
+    Incompatible { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
+    move |error| PinError::Io { path: path.to_owned(), error }
+}
+
+/// The pin layout of this build under a pin directory.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    /// Prepares `pin_dir` (mounting bpffs there if it is on another file
+    /// system) and refuses state left by another layout version.
+    pub fn open(pin_dir: &Path) -> Result<Self, PinError> {
+        ensure_bpffs(pin_dir)?;
+        for entry in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
+            let entry = entry.map_err(io(pin_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(found) = name.strip_prefix('v')
+                && found != LAYOUT_VERSION.to_string()
+            {
+                return Err(PinError::OtherVersion { path: entry.path(), found: found.to_owned() });
+            }
+        }
+        let root = pin_dir.join(format!("v{LAYOUT_VERSION}"));
+        for dir in [root.join("maps"), root.join("links")] {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        Ok(Self { root })
+    }
+
+    #[must_use]
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    #[must_use]
+    pub fn link(&self, kind: &str, iface: &str) -> PathBuf {
+        self.root.join("links").join(format!("{kind}-{iface}"))
+    }
+
+    /// Interfaces with a pinned link of `kind`.
+    pub fn linked_interfaces(&self, kind: &str) -> Result<Vec<String>, PinError> {
+        let dir = self.root.join("links");
+        let mut ifaces = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let name = entry.map_err(io(&dir))?.file_name().to_string_lossy().into_owned();
+            if let Some(iface) = name.strip_prefix(kind).and_then(|rest| rest.strip_prefix('-')) {
+                ifaces.push(iface.to_owned());
+            }
+        }
+        Ok(ifaces)
+    }
+
+    /// Whether there are maps to adopt, after checking each has the layout
+    /// this build expects. A capacity other than the one asked for is kept
+    /// (maps cannot be resized) with a warning.
+    pub fn check_adoptable(&self, capacity: Capacity) -> Result<bool, PinError> {
+        if !self.map(names::FLOWS).exists() {
+            return Ok(false);
+        }
+        let expected: [(&str, usize, usize, Option<u32>); 7] = [
+            (
+                names::SERVICES,
+                size_of::<ServiceKey>(),
+                size_of::<ServiceEntry>(),
+                Some(capacity.max_services),
+            ),
+            (names::BACKENDS, 4, size_of::<Backend>(), Some(capacity.max_backends)),
+            (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>(), Some(capacity.max_flow_entries)),
+            (names::SERVICE_TRAFFIC, 4, size_of::<Traffic>(), None),
+            (names::BACKEND_TRAFFIC, 4, size_of::<Traffic>(), None),
+            (names::REASONS, 4, 8, None),
+            (names::SETTINGS, 4, size_of::<Settings>(), None),
+        ];
+        for (name, key_size, value_size, max_entries) in expected {
+            let path = self.map(name);
+            let info = MapData::from_pin(&path)
+                .and_then(|map| map.info())
+                .map_err(|err| PinError::Incompatible { path: path.clone(), message: err.to_string() })?;
+            if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
+                return Err(PinError::Incompatible {
+                    path,
+                    message: format!(
+                        "key/value sizes {}/{}, expected {key_size}/{value_size}",
+                        info.key_size(),
+                        info.value_size()
+                    ),
+                });
+            }
+            if let Some(wanted) = max_entries
+                && info.max_entries() != wanted
+            {
+                warn!(map = name, pinned = info.max_entries(), wanted, "keeping the pinned map's capacity");
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Makes sure `dir` exists on a bpffs, mounting one on it if not (as under
+/// `ip netns exec`, which remounts /sys). A bpffs mounted here lasts as long
+/// as this mount namespace.
+fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    let c_dir = CString::new(dir.as_os_str().as_bytes()).expect("paths have no NUL");
+    // SAFETY: valid NUL-terminated strings; no mount data.
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c_dir.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(PinError::Mount { path: dir.to_owned(), error: std::io::Error::last_os_error() });
+    }
+    info!(dir = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL");
+    // SAFETY: a zeroed statfs is a valid out-parameter.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Removes every pin below `pin_dir`, of any layout version: links first
+/// (which detaches their programs), then maps. Returns what was removed.
+pub fn remove_all(pin_dir: &Path) -> Result<Vec<PathBuf>, PinError> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    for version in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
+        let version = version.map_err(io(pin_dir))?.path();
+        for sub in ["links", "maps"] {
+            let dir = version.join(sub);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries {
+                let path = entry.map_err(io(&dir))?.path();
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed.push(path);
+            }
+            std::fs::remove_dir(&dir).map_err(io(&dir))?;
+        }
+        std::fs::remove_dir(&version).map_err(io(&version))?;
+    }
+    Ok(removed)
+}

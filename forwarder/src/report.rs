@@ -1,0 +1,158 @@
+//! What the daemon reports: the service table, statistics, tracked
+//! connections. Sent as JSON over the control socket, rendered as tables by
+//! the CLI and as metrics by the daemon.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{HealthSpec, Mode, Protocol};
+
+/// A backend's health as the checks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The service has no health checks.
+    Unchecked,
+    Up,
+    Down,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Unchecked => "-",
+            Health::Up => "up",
+            Health::Down => "down",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub health_check: Option<HealthSpec>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub addr: SocketAddrV4,
+    /// As configured; 0 is draining.
+    pub weight: u32,
+    pub health: Health,
+    /// Whether new connections go to it now (weight above 0 and not down,
+    /// unless every backend is down: see the daemon's health policy).
+    pub in_rotation: bool,
+}
+
+/// Totals since the service or backend was added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+}
+
+impl From<forwarder_common::counters::Traffic> for Counters {
+    fn from(traffic: forwarder_common::counters::Traffic) -> Self {
+        let forwarder_common::counters::Traffic { packets_in, bytes_in, packets_out, bytes_out, new_flows } =
+            traffic;
+        Self { packets_in, bytes_in, packets_out, bytes_out, new_flows }
+    }
+}
+
+/// Per-second rates over the daemon's last sampling interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub packets_in: f64,
+    pub packets_out: f64,
+    pub bits_in: f64,
+    pub bits_out: f64,
+    pub new_flows: f64,
+}
+
+impl Rates {
+    /// Rates from two samples `seconds` apart.
+    #[must_use]
+    pub fn between(old: &Counters, new: &Counters, seconds: f64) -> Self {
+        if seconds <= 0.0 {
+            return Self::default();
+        }
+        let per_sec = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+        Self {
+            packets_in: per_sec(old.packets_in, new.packets_in),
+            packets_out: per_sec(old.packets_out, new.packets_out),
+            bits_in: 8.0 * per_sec(old.bytes_in, new.bytes_in),
+            bits_out: 8.0 * per_sec(old.bytes_out, new.bytes_out),
+            new_flows: per_sec(old.new_flows, new.new_flows),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Length of the interval the rates cover, in seconds.
+    pub rate_interval_secs: f64,
+    /// Age of the connection counts (from the periodic table sweep).
+    pub flows_age_secs: f64,
+    /// Tracked connections, all services.
+    pub connections: u64,
+    pub services: Vec<ServiceStats>,
+    /// Packets by what the datapath did with them.
+    pub reasons: Vec<ReasonCount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub totals: Counters,
+    pub rates: Rates,
+    pub active_flows: u64,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStats {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+    pub health: Health,
+    pub in_rotation: bool,
+    pub totals: Counters,
+    pub rates: Rates,
+    pub active_flows: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub packets: u64,
+}
+
+/// One tracked connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    pub service: String,
+    pub protocol: Protocol,
+    /// As the client sends it: client -> VIP.
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    /// As the backend sees it: source (the SNAT address, or the client)
+    /// -> backend.
+    pub source: SocketAddrV4,
+    pub backend: SocketAddrV4,
+    /// TCP: `syn_sent`, `established`, `fin_wait`, `closing`, `reset`; UDP: `active`.
+    pub state: String,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+}
