@@ -21,3 +21,11 @@ pub fn release() -> anyhow::Result<()> {
     eprintln!("built {}", cmd::workspace_root().join("target/release/forwarder").display());
     Ok(())
 }
+
+/// What running the lab (tests, demo) needs: the toolchain, the test tools
+/// and the release binary, whose path it returns.
+pub fn for_lab() -> anyhow::Result<std::path::PathBuf> {
+    setup::ensure_test_tools()?;
+    release()?;
+    Ok(cmd::workspace_root().join("target/release/forwarder"))
+}

@@ -1,6 +1,6 @@
 use clap::Args;
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd};
 
 /// Build, then show the forwarder working in a throw-away lab of network
 /// namespaces (a client, the forwarder, two nodes with a NodePort web
@@ -17,10 +17,7 @@ pub struct Demo {
 impl Demo {
     pub fn execute(self) -> anyhow::Result<()> {
         let Self { keep } = self;
-        setup::ensure_toolchain()?;
-        setup::ensure_test_tools()?;
-        build::release()?;
-        let binary = cmd::workspace_root().join("target/release/forwarder");
+        let binary = build::for_lab()?;
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         cmd::run(
             cmd::as_root(cargo)

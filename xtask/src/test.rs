@@ -1,6 +1,6 @@
 use clap::Args;
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd};
 
 /// Run every test: host unit tests, then (as root, through sudo if need be)
 /// the BPF fixture tests and the end-to-end tests in network namespaces.
@@ -13,9 +13,7 @@ pub struct Test {
 impl Test {
     pub fn execute(self) -> anyhow::Result<()> {
         let Self { filter } = self;
-        setup::ensure_toolchain()?;
-        setup::ensure_test_tools()?;
-        build::release()?;
+        let binary = build::for_lab()?;
         let filter: Vec<String> = filter.into_iter().collect();
         cmd::run(
             cmd::cargo()
@@ -28,7 +26,6 @@ impl Test {
                 "the kernel tests load BPF programs and create network namespaces: running them with sudo"
             );
         }
-        let binary = cmd::workspace_root().join("target/release/forwarder");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         cmd::run(
             cmd::as_root(cargo)

@@ -59,55 +59,36 @@ fn parse_weight(text: &str) -> Result<u32, String> {
     check_weight(weight)
 }
 
+/// What a verb does to the backend.
+enum Change {
+    Add(u32),
+    Weight(u32),
+    Remove,
+}
+
 impl BackendCommand {
     pub fn execute(self, run_dir: &Path) -> anyhow::Result<()> {
-        let (target, request, done) = match self {
-            BackendCommand::Add(AddArgs { target, weight }) => {
-                let done = format!("{}: backend {} added with weight {weight}", target.service, target.addr);
-                let request = Request::BackendAdd {
-                    service: target.service.clone(),
-                    addr: target.addr,
-                    weight,
-                    persist: output::persist(target.runtime_only),
-                };
-                (target, request, done)
-            }
-            BackendCommand::Remove(target) => {
-                let done = format!(
-                    "{}: backend {} removed; its open connections continue",
-                    target.service, target.addr
-                );
-                let request = Request::BackendRemove {
-                    service: target.service.clone(),
-                    addr: target.addr,
-                    persist: output::persist(target.runtime_only),
-                };
-                (target, request, done)
-            }
-            BackendCommand::SetWeight(SetWeightArgs { target, weight }) => {
-                let done = format!("{}: backend {} weight {weight}", target.service, target.addr);
-                let request = Request::BackendSetWeight {
-                    service: target.service.clone(),
-                    addr: target.addr,
-                    weight,
-                    persist: output::persist(target.runtime_only),
-                };
-                (target, request, done)
-            }
-            BackendCommand::Drain(target) => {
-                let done = format!(
-                    "{}: backend {} draining: no new connections, open ones finish",
-                    target.service, target.addr
-                );
-                let request = Request::BackendSetWeight {
-                    service: target.service.clone(),
-                    addr: target.addr,
-                    weight: 0,
-                    persist: output::persist(target.runtime_only),
-                };
-                (target, request, done)
-            }
+        let (target, change) = match self {
+            BackendCommand::Add(AddArgs { target, weight }) => (target, Change::Add(weight)),
+            BackendCommand::Remove(target) => (target, Change::Remove),
+            BackendCommand::SetWeight(SetWeightArgs { target, weight }) => (target, Change::Weight(weight)),
+            BackendCommand::Drain(target) => (target, Change::Weight(0)),
         };
-        output::change(run_dir, &request, target.json, &done)
+        let Target { service, addr, runtime_only, json } = target;
+        let done = match change {
+            Change::Add(weight) => format!("{service}: backend {addr} added with weight {weight}"),
+            Change::Weight(0) => {
+                format!("{service}: backend {addr} draining: no new connections, open ones finish")
+            }
+            Change::Weight(weight) => format!("{service}: backend {addr} weight {weight}"),
+            Change::Remove => format!("{service}: backend {addr} removed; its open connections continue"),
+        };
+        let persist = output::persist(runtime_only);
+        let request = match change {
+            Change::Add(weight) => Request::BackendAdd { service, addr, weight, persist },
+            Change::Weight(weight) => Request::BackendSetWeight { service, addr, weight, persist },
+            Change::Remove => Request::BackendRemove { service, addr, persist },
+        };
+        output::change(run_dir, &request, json, &done)
     }
 }

@@ -3,7 +3,10 @@ use std::path::Path;
 use clap::Args;
 
 use super::output::{self, ask, print_json, si};
-use crate::{control::Request, report::Stats};
+use crate::{
+    control::Request,
+    report::{Counters, Rates, Stats},
+};
 
 /// Traffic per service and backend (like `ipvsadm -Ln --stats --rate`):
 /// totals, rates over the daemon's last sampling interval, tracked
@@ -38,47 +41,28 @@ impl StatsArgs {
             "NEW/S",
         ]);
         for service in &stats.services {
-            let t = &service.totals;
-            let r = &service.rates;
-            table.add_row([
-                format!(
-                    "{} {}:{}/{} {}",
-                    service.name, service.vip, service.port, service.protocol, service.mode
-                ),
+            let name = format!(
+                "{} {}:{}/{} {}",
+                service.name, service.vip, service.port, service.protocol, service.mode
+            );
+            table.add_row(row(
+                name,
                 String::new(),
                 String::new(),
-                service.active_flows.to_string(),
-                si(t.new_flows as f64),
-                si(t.packets_in as f64),
-                si(t.packets_out as f64),
-                si(t.bytes_in as f64),
-                si(t.bytes_out as f64),
-                si(r.packets_in),
-                si(r.packets_out),
-                si(r.bits_in),
-                si(r.bits_out),
-                si(r.new_flows),
-            ]);
+                service.active_flows,
+                &service.totals,
+                &service.rates,
+            ));
             for backend in &service.backends {
-                let t = &backend.totals;
-                let r = &backend.rates;
                 let rotation = if backend.in_rotation { "" } else { " (out)" };
-                table.add_row([
+                table.add_row(row(
                     format!("  -> {}{rotation}", backend.addr),
                     backend.health.to_string(),
                     backend.weight.to_string(),
-                    backend.active_flows.to_string(),
-                    si(t.new_flows as f64),
-                    si(t.packets_in as f64),
-                    si(t.packets_out as f64),
-                    si(t.bytes_in as f64),
-                    si(t.bytes_out as f64),
-                    si(r.packets_in),
-                    si(r.packets_out),
-                    si(r.bits_in),
-                    si(r.bits_out),
-                    si(r.new_flows),
-                ]);
+                    backend.active_flows,
+                    &backend.totals,
+                    &backend.rates,
+                ));
             }
         }
         println!("{table}");
@@ -93,4 +77,19 @@ impl StatsArgs {
         println!("\n{reasons}");
         Ok(())
     }
+}
+
+/// One line of the table: what, health, weight, then the traffic columns.
+fn row(
+    what: String,
+    health: String,
+    weight: String,
+    connections: u64,
+    t: &Counters,
+    r: &Rates,
+) -> Vec<String> {
+    let mut cells = vec![what, health, weight, connections.to_string()];
+    cells.extend([t.new_flows, t.packets_in, t.packets_out, t.bytes_in, t.bytes_out].map(|v| si(v as f64)));
+    cells.extend([r.packets_in, r.packets_out, r.bits_in, r.bits_out, r.new_flows].map(si));
+    cells
 }

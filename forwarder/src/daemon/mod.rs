@@ -121,8 +121,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let forwarding = Forwarding::enable(&ifaces, previous.forwarding.clone())?;
     let kernel = Kernel::load(capacity, datapath_log_level(), Some(pins.clone())).map_err(|err| {
         // SAFETY: geteuid has no preconditions.
-        let hint =
-            if unsafe { libc::geteuid() } != 0 { " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)" } else { "" };
+        let hint = if unsafe { libc::geteuid() } != 0 {
+            " (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+        } else {
+            ""
+        };
         anyhow::anyhow!("{err}{hint}")
     })?;
     let adopted = kernel.adopted();
