@@ -16,7 +16,6 @@ use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, TcpHeader, Ud
 use forwarder::{
     config::ServiceFile,
     kernel::{Capacity, Kernel},
-    maglev,
     state::Table,
 };
 use forwarder_common::{
@@ -193,7 +192,7 @@ fn with_datapath(test: impl FnOnce(&mut Env) + Send) {
     ns.exec("sysctl", "-qw net.ipv4.conf.all.forwarding=1").expect("forwarding");
     ns.enter(|| {
         let mut kernel = Kernel::load(Capacity::default(), aya_log::Level::Info, None).expect("load");
-        let mut table = Table::new(Capacity::default(), None);
+        let mut table = Table::new(Capacity::default(), None).expect("table");
         let file = ServiceFile::parse("fixture.toml".as_ref(), SERVICES).expect("fixture services");
         table.apply(&file, &mut kernel.maps).expect("apply");
         let client_if = forwarder::kernel::ifindex("cl").unwrap();
@@ -557,13 +556,9 @@ fn unresolved_next_hop_goes_through_tc() {
 fn kernel_picks_the_backend_user_space_predicts() {
     with_datapath(|env| {
         let service = env.table.services()["maglev"].clone();
-        let members: Vec<maglev::Member> = service
-            .backends
-            .iter()
-            .map(|b| maglev::Member { id: b.id, key: b.spec.addr, weight: b.spec.weight })
-            .collect();
-        let built = maglev::build(&members, service.table_len);
-        let inner: MapData = env.kernel.maps.maglev.get(&service.id, 0).expect("inner map");
+        let built = service.maglev_slots();
+        let outer = aya::maps::HashOfMaps::<_, u32>::try_from(&env.kernel.maps.maglev).unwrap();
+        let inner: MapData = outer.get(&service.table, 0).expect("inner map");
         let inner: Array<MapData, u32> = Array::try_from(Map::Array(inner)).unwrap();
         let read: Vec<u32> = inner.iter().map(Result::unwrap).collect();
         assert_eq!(read, built, "table as the kernel sees it");
@@ -571,10 +566,13 @@ fn kernel_picks_the_backend_user_space_predicts() {
         let mut seen = [0usize; 2];
         for sport in 46000..46064 {
             let syn = Pkt::from_client(sport, sa(VIP_MAGLEV, 80), L4::Tcp(SYN));
-            let id = built[(syn.hash() % service.table_len) as usize];
-            let backend = service.backends.iter().position(|b| b.id == id).unwrap();
+            let backend = built[(syn.hash() % service.table_len) as usize] as usize;
             seen[backend] += 1;
-            let (node, mac) = if backend == 0 { (NODE1, NODE1_MAC) } else { (NODE2, NODE2_MAC) };
+            let (node, mac) = if *service.backends[backend].spec.addr.ip() == NODE1 {
+                (NODE1, NODE1_MAC)
+            } else {
+                (NODE2, NODE2_MAC)
+            };
             let want = syn.forwarded(syn.src, sa(node, 30080), FWD_NODE_MAC, mac);
             step(env, &format!("maglev sport {sport}"), env.client_if, &syn, Expect::Redirect(want));
         }
@@ -659,4 +657,51 @@ fn coarse_now_ns() -> u64 {
     // SAFETY: a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Services on the same nodes with the same weights share one Maglev
+/// table; a table nobody uses any more is deleted a second after the
+/// change that freed it.
+#[test]
+fn services_on_the_same_nodes_share_a_table() {
+    with_datapath(|env| {
+        let tables = |env: &Env| {
+            let outer = aya::maps::HashOfMaps::<_, u32>::try_from(&env.kernel.maps.maglev).unwrap();
+            let mut ids: Vec<u32> = outer.keys().map(Result::unwrap).collect();
+            ids.sort_unstable();
+            ids
+        };
+        let installed = |env: &Env, name: &str| env.table.services()[name].table;
+        // web-snat and web-preserve: one backend each on node 1, weight 1.
+        assert_eq!(installed(env, "web-snat"), installed(env, "web-preserve"));
+        let before = tables(env);
+
+        let changed = SERVICES.replacen(
+            "mode = \"preserve\"\nbackends = [\"10.2.0.11:30080\"]",
+            "mode = \"preserve\"\nbackends = [\"10.2.0.11:30080\", \"10.2.0.12:30080\"]",
+            1,
+        );
+        let file = ServiceFile::parse("fixture.toml".as_ref(), &changed).unwrap();
+        env.table.apply(&file, &mut env.kernel.maps).unwrap();
+        let shared_with_maglev = installed(env, "web-preserve") == installed(env, "maglev");
+        assert!(shared_with_maglev, "same nodes as the maglev service now: same table");
+        assert_eq!(tables(env), before, "no new table needed, none freed (web-snat keeps its own)");
+
+        let original = ServiceFile::parse("fixture.toml".as_ref(), SERVICES).unwrap();
+        // The maglev service's list reversed (it is the file's last).
+        let at = changed.rfind("backends = [\"10.2.0.11:30080\", \"10.2.0.12:30080\"]").unwrap();
+        let reversed = format!(
+            "{}backends = [\"10.2.0.12:30080\", \"10.2.0.11:30080\"]{}",
+            &changed[..at],
+            &changed[at + "backends = [\"10.2.0.11:30080\", \"10.2.0.12:30080\"]".len()..]
+        );
+        env.table
+            .apply(&ServiceFile::parse("fixture.toml".as_ref(), &reversed).unwrap(), &mut env.kernel.maps)
+            .unwrap();
+        assert_eq!(installed(env, "maglev"), installed(env, "web-preserve"), "backend order does not matter");
+        env.table.apply(&original, &mut env.kernel.maps).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        env.table.retire(&mut env.kernel.maps).unwrap();
+        assert_eq!(tables(env), before, "back to the original tables, nothing left over");
+    });
 }

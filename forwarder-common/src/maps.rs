@@ -31,7 +31,7 @@ pub mod names {
 
 /// Version of the layout of every pinned map. A daemon only adopts pins of
 /// its own version; bump it whenever a key, value or map changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -41,22 +41,32 @@ pub mod programs {
 
 /// Default capacity of the service table.
 pub const DEFAULT_MAX_SERVICES: u32 = 4096;
-/// Default capacity of the backend table (all services together).
+/// Default capacity of the backend table (all services together). The
+/// `BACKENDS` map holds twice this: each service switches between two
+/// banks of entries.
 pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
+/// Default number of distinct Maglev tables (services with the same nodes
+/// and weights share one).
+pub const DEFAULT_MAX_TABLES: u32 = 1024;
+/// `BPF_F_NO_PREALLOC`: elements are allocated on update and freed after
+/// an RCU grace period, so a reader never sees an element reused for
+/// another key (preallocated hash maps recycle them at once).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// Default capacity of the flow table, in entries (two per connection).
 pub const DEFAULT_MAX_FLOW_ENTRIES: u32 = 1 << 19;
 /// Default Maglev table length: prime, above 100 x the backends of a
 /// typical service, as Katran and Cilium size theirs.
 pub const DEFAULT_MAGLEV_LEN: u32 = 16381;
 /// The Maglev inner-map template length. Inner maps are created with
-/// `BPF_F_INNER_MAP`, so each service's table may have its own length.
+/// `BPF_F_INNER_MAP`, so each table may have its own length.
 pub const MAGLEV_TEMPLATE_LEN: u32 = DEFAULT_MAGLEV_LEN;
 /// Flags of every Maglev inner map: lengths may differ between services;
 /// user space fills a new table through `mmap` before swapping it in.
 pub const MAGLEV_INNER_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
-/// A Maglev slot with no backend (every backend drained).
+/// A Maglev slot with no backend (every backend drained). Other slots hold
+/// an index into the service's backend list (see [`BackendKey`]).
 pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Lowest SNAT source port. Ports below the kernel's default ephemeral
@@ -136,20 +146,38 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// `SERVICES` value.
+/// `SERVICES` value. Replaced whole, so a packet sees a service's table,
+/// bank and mode from one moment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
-    /// Index into `SERVICE_TRAFFIC`, and key of the service's Maglev table.
+    /// Index into `SERVICE_TRAFFIC`; first part of its `BACKENDS` keys.
     pub id: u32,
-    /// Length of the service's Maglev table.
+    /// Key of its Maglev table in `MAGLEV` (tables are shared by services
+    /// with the same nodes and weights).
+    pub table: u32,
+    /// Length of that table.
     pub table_len: u32,
     /// A [`Mode`] as `u8`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// Which of the service's two banks of `BACKENDS` entries is current.
+    pub bank: u8,
+    pub _pad: [u8; 2],
 }
 
-/// `BACKENDS` value, indexed by backend id.
+/// `BACKENDS` key: a service's backend by its index in the service's list
+/// (the value Maglev slots hold), in one of two banks. A changed backend
+/// list is written to the other bank, then the service entry switches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub bank: u8,
+    pub _pad: u8,
+    pub index: u16,
+}
+
+/// `BACKENDS` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -159,6 +187,8 @@ pub struct Backend {
     pub snat_addr: u32,
     pub port: u16,
     pub _pad: u16,
+    /// Index into `BACKEND_TRAFFIC`, stable while the backend stays.
+    pub id: u32,
 }
 
 /// `FLOWS` key: a packet's 5-tuple as it arrives.
@@ -275,6 +305,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceEntry {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for Settings {}
@@ -287,8 +318,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceEntry>(), 12);
-        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<ServiceEntry>(), 16);
+        assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowEntry>(), 48);
     }

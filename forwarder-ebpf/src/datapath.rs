@@ -111,8 +111,8 @@ fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
     }
     let key = &pkt.key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
-    let (backend_id, backend) = lb::pick(&service, hash)?;
-    let entry = nat::create(pkt, &service, backend_id, &backend, hash, now)?;
+    let backend = lb::pick(&service, hash)?;
+    let entry = nat::create(pkt, &service, &backend, hash, now)?;
     stats::new_flow(&entry);
     Ok(entry)
 }

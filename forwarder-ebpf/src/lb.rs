@@ -2,7 +2,7 @@
 
 use forwarder_common::{
     counters::Reason,
-    maps::{Backend, FlowKey, NO_BACKEND, ServiceEntry, ServiceKey},
+    maps::{Backend, BackendKey, FlowKey, NO_BACKEND, ServiceEntry, ServiceKey},
 };
 
 use crate::maps::{BACKENDS, MAGLEV, SERVICES};
@@ -18,18 +18,20 @@ pub fn service(key: &FlowKey) -> Option<ServiceEntry> {
 
 /// Picks the backend for a new flow from the service's Maglev table.
 #[inline(always)]
-pub fn pick(service: &ServiceEntry, hash: u32) -> Result<(u32, Backend), Reason> {
+pub fn pick(service: &ServiceEntry, hash: u32) -> Result<Backend, Reason> {
     if service.table_len == 0 {
         return Err(Reason::DropNoBackend);
     }
     let slot = hash % service.table_len;
-    // SAFETY: tables are swapped whole (outer map update), never edited in
-    // place, so the slot read is from one consistent table.
-    let id = unsafe { MAGLEV.get_value(&service.id, &slot) }.copied();
-    let id = match id {
-        Some(id) if id != NO_BACKEND => id,
+    // SAFETY: a table is filled before any service names it and never
+    // edited afterwards, so the slot read is consistent.
+    let index = unsafe { MAGLEV.get_value(&service.table, &slot) }.copied();
+    let index = match index {
+        Some(index) if index != NO_BACKEND => index,
         _ => return Err(Reason::DropNoBackend),
     };
-    let backend = BACKENDS.get(id).copied().ok_or(Reason::DropNoBackend)?;
-    Ok((id, backend))
+    let key = BackendKey { service_id: service.id, bank: service.bank, _pad: 0, index: index as u16 };
+    // SAFETY: entries of the current bank are not rewritten while it is
+    // current; the value is copied at once.
+    unsafe { BACKENDS.get(key).copied() }.ok_or(Reason::DropNoBackend)
 }

@@ -8,31 +8,34 @@ use aya_ebpf::{
 use forwarder_common::{
     counters::{REASON_COUNT, Traffic},
     maps::{
-        Backend, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, FlowEntry, FlowKey,
-        MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings,
+        BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
+        DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, MAGLEV_INNER_FLAGS,
+        MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings,
     },
 };
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
 const MAX_BACKENDS: usize = DEFAULT_MAX_BACKENDS as usize;
+const MAX_TABLES: usize = DEFAULT_MAX_TABLES as usize;
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 const MAX_FLOWS: usize = DEFAULT_MAX_FLOW_ENTRIES as usize;
 const MAX_INTERFACES: usize = 64;
 
 /// (VIP, port, protocol) -> service.
 #[btf_map]
-pub static SERVICES: HashMap<ServiceKey, ServiceEntry, MAX_SERVICES> = HashMap::new();
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry, MAX_SERVICES, NO_PREALLOC> = HashMap::new();
 
-/// Backend id -> address and port.
+/// (service, bank, index) -> backend; two banks per service.
 #[btf_map]
-pub static BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
+pub static BACKENDS: HashMap<BackendKey, Backend, { 2 * MAX_BACKENDS }, NO_PREALLOC> = HashMap::new();
 
-/// Service id -> that service's Maglev table (slot -> backend id). User space
-/// builds a new table and swaps the whole inner map in.
+/// Table id -> Maglev table (slot -> index in the service's backend list).
+/// User space builds each table in a new map before any service uses it.
 #[btf_map]
 pub static MAGLEV: HashOfMaps<
     u32,
     Array<u32, { MAGLEV_TEMPLATE_LEN as usize }, { MAGLEV_INNER_FLAGS as usize }>,
-    MAX_SERVICES,
+    MAX_TABLES,
 > = HashOfMaps::new();
 
 /// Tracked connections, two entries each (see `forwarder_common::conntrack`).

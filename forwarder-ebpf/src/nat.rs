@@ -19,11 +19,11 @@ const EEXIST: i32 = 17;
 pub fn create(
     pkt: &Packet,
     service: &ServiceEntry,
-    backend_id: u32,
     backend: &Backend,
     hash: u32,
     now: u64,
 ) -> Result<FlowEntry, Reason> {
+    let backend_id = backend.id;
     let original = pkt.key;
     let proto = original.proto;
     let reply_to = original.reversed();

@@ -4,7 +4,9 @@ use std::{
 };
 
 use clap::Args;
-use forwarder_common::maps::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES};
+use forwarder_common::maps::{
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES,
+};
 
 use crate::{
     daemon::{self, RunConfig},
@@ -40,6 +42,10 @@ pub struct RunArgs {
     /// Capacity of the backend table (all services together).
     #[arg(long, default_value_t = DEFAULT_MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
     max_backends: u32,
+    /// Capacity of the Maglev table store: services whose backends are on
+    /// the same nodes with the same weights share one table.
+    #[arg(long, default_value_t = DEFAULT_MAX_TABLES, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    max_tables: u32,
     /// Capacity of the connection table (least recently used connections
     /// are evicted beyond it).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOW_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
@@ -76,6 +82,7 @@ impl RunArgs {
             xdp_mode,
             max_services,
             max_backends,
+            max_tables,
             max_connections,
             no_neighbour_prefetch,
             pin_dir,
@@ -93,6 +100,7 @@ impl RunArgs {
             capacity: Capacity {
                 max_services,
                 max_backends,
+                max_tables,
                 max_flow_entries: max_connections.saturating_mul(2),
             },
             prefetch_neighbours: !no_neighbour_prefetch,

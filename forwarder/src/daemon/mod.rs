@@ -130,9 +130,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     })?;
     let adopted = kernel.adopted();
     let table = if adopted && previous.layout == LAYOUT_VERSION {
-        Table::adopt(capacity, snat_ip, previous.services.clone())
+        Table::adopt(capacity, snat_ip, previous.services.clone())?
     } else {
-        Table::new(capacity, snat_ip)
+        Table::new(capacity, snat_ip)?
     };
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
@@ -159,7 +159,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let summary = daemon.apply(file).await.context("applying the service file")?;
     if adopted {
-        daemon.prune_unrecorded()?;
+        daemon.table.prune(&mut daemon.kernel.maps)?;
     }
     for iface in &ifaces {
         daemon.kernel.attach(iface, xdp_mode)?;
@@ -202,7 +202,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             Some((request, reply)) = requests.recv() => daemon.handle(request, reply).await,
             Some(transition) = transitions.recv() => daemon.on_health(transition).await,
             _ = neighbour_refresh.tick() => daemon.prefetch().await,
-            _ = sampling.tick() => daemon.sampler.push(Sample::take(&daemon.kernel.maps, &daemon.table)),
+            _ = sampling.tick() => daemon.tick(),
         }
     };
     daemon.exit(exit).await;
@@ -421,22 +421,13 @@ impl Daemon {
         }
     }
 
-    /// Removes service entries and Maglev tables no record accounts for
-    /// (left by an earlier daemon that died before saving).
-    fn prune_unrecorded(&mut self) -> anyhow::Result<()> {
-        let (keys, ids) = self.table.installed_keys();
-        let maps = &mut self.kernel.maps;
-        let stale: Vec<_> =
-            maps.services.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
-        for key in stale {
-            maps.services.remove(&key)?;
+    /// Periodic work: a counter sample for rates, and deleting what no
+    /// packet can reference any more.
+    fn tick(&mut self) {
+        self.sampler.push(Sample::take(&self.kernel.maps, &self.table));
+        if let Err(err) = self.table.retire(&mut self.kernel.maps) {
+            warn!("retiring unused map entries: {err}");
         }
-        let stale: Vec<u32> =
-            maps.maglev.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
-        for id in stale {
-            maps.maglev.remove(&id)?;
-        }
-        Ok(())
     }
 
     fn save(&self) {

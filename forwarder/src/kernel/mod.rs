@@ -6,6 +6,7 @@
 //! connections continue.
 
 mod attach;
+pub(crate) mod batch;
 mod pins;
 
 pub use attach::{AttachMode, Attachment};
@@ -18,12 +19,12 @@ use std::ffi::CString;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, HashOfMaps, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use forwarder_common::{
     counters::Traffic,
-    maps::{Backend, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, names, programs},
+    maps::{Backend, BackendKey, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, names, programs},
 };
 use tracing::warn;
 
@@ -35,16 +36,21 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Capacity {
     pub max_services: u32,
     pub max_backends: u32,
+    /// Distinct Maglev tables (services on the same nodes share one).
+    pub max_tables: u32,
     /// Flow-table entries; each connection takes two.
     pub max_flow_entries: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
-        use forwarder_common::maps::{DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES};
+        use forwarder_common::maps::{
+            DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES,
+        };
         Self {
             max_services: DEFAULT_MAX_SERVICES,
             max_backends: DEFAULT_MAX_BACKENDS,
+            max_tables: DEFAULT_MAX_TABLES,
             max_flow_entries: DEFAULT_MAX_FLOW_ENTRIES,
         }
     }
@@ -87,8 +93,9 @@ pub enum KernelError {
 /// Typed handles to every map.
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceEntry>,
-    pub backends: Array<MapData, Backend>,
-    pub maglev: HashOfMaps<MapData, u32>,
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    /// The hash of Maglev tables, kept untyped: updates go in batches.
+    pub maglev: Map,
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
     pub service_traffic: PerCpuArray<MapData, Traffic>,
     pub backend_traffic: PerCpuArray<MapData, Traffic>,
@@ -110,7 +117,7 @@ pub struct Kernel {
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(|source| KernelError::Map { name, source })
@@ -125,7 +132,7 @@ impl Kernel {
         log_level: aya_log::Level,
         pins: Option<Pins>,
     ) -> Result<Self, KernelError> {
-        let Capacity { max_services, max_backends, max_flow_entries } = capacity;
+        let Capacity { max_services, max_backends, max_tables, max_flow_entries } = capacity;
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
         let adopted = match &pins {
@@ -140,9 +147,9 @@ impl Kernel {
         };
         let mut ebpf = loader
             .map_max_entries(names::SERVICES, max_services)
-            .map_max_entries(names::MAGLEV, max_services)
+            .map_max_entries(names::MAGLEV, max_tables)
             .map_max_entries(names::SERVICE_TRAFFIC, max_services)
-            .map_max_entries(names::BACKENDS, max_backends)
+            .map_max_entries(names::BACKENDS, max_backends.saturating_mul(2))
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
             .override_global(aya_log::LEVEL, &level, true)
@@ -167,7 +174,7 @@ impl Kernel {
         let maps = Maps {
             services: take(&mut ebpf, names::SERVICES)?,
             backends: take(&mut ebpf, names::BACKENDS)?,
-            maglev: take(&mut ebpf, names::MAGLEV)?,
+            maglev: ebpf.take_map(names::MAGLEV).ok_or(KernelError::MissingMap(names::MAGLEV))?,
             flows: take(&mut ebpf, names::FLOWS)?,
             service_traffic: take(&mut ebpf, names::SERVICE_TRAFFIC)?,
             backend_traffic: take(&mut ebpf, names::BACKEND_TRAFFIC)?,

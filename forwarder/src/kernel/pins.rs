@@ -10,7 +10,9 @@ use std::{
 use aya::maps::MapData;
 use forwarder_common::{
     counters::Traffic,
-    maps::{Backend, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings, names},
+    maps::{
+        Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings, names,
+    },
 };
 use tracing::{info, warn};
 
@@ -103,7 +105,7 @@ impl Pins {
                 size_of::<ServiceEntry>(),
                 Some(capacity.max_services),
             ),
-            (names::BACKENDS, 4, size_of::<Backend>(), Some(capacity.max_backends)),
+            (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend>(), Some(capacity.max_backends * 2)),
             (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>(), Some(capacity.max_flow_entries)),
             (names::SERVICE_TRAFFIC, 4, size_of::<Traffic>(), None),
             (names::BACKEND_TRAFFIC, 4, size_of::<Traffic>(), None),
