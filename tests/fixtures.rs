@@ -581,47 +581,67 @@ fn kernel_picks_the_backend_user_space_predicts() {
 }
 
 /// A SNAT port held by a live connection is skipped; one held by an
-/// expired connection is taken over.
+/// expired connection, or by an orphan (a reply entry whose original was
+/// evicted), is taken over.
 #[test]
-fn snat_ports_never_collide_and_expired_ones_are_reused() {
+fn snat_ports_never_collide_and_expired_or_orphaned_ones_are_reused() {
     with_datapath(|env| {
         let now = coarse_now_ns();
-        let occupy = |env: &mut Env, port: u16, last_seen_ns: u64, seen: u8| {
+        // Occupies `port` towards node 1 with a connection of another client;
+        // `whole`: with its original entry too (else an orphan).
+        let occupy = |env: &mut Env, port: u16, last_seen_ns: u64, seen: u8, whole: bool| {
             let key =
                 FlowKey::new(wire_addr(NODE1), wire_addr(SNAT), wire_port(30080), wire_port(port), PROTO_TCP);
-            let other = FlowKey::new(
+            let other_client = FlowKey::new(
                 wire_addr(VIP_SNAT),
                 wire_addr(Ipv4Addr::new(10, 1, 0, 99)),
                 wire_port(80),
-                wire_port(1),
+                wire_port(port),
                 PROTO_TCP,
             );
-            let mut entry = FlowEntry::rewriting(&key, &other, 0, 0, FLAG_REPLY, last_seen_ns);
+            let mut entry = FlowEntry::rewriting(&key, &other_client, 0, 0, FLAG_REPLY, last_seen_ns);
             entry.seen = seen;
             env.kernel.maps.flows.insert(key, entry, 0).unwrap();
+            if whole {
+                let original_key = entry.peer_key(PROTO_TCP);
+                let mut original =
+                    FlowEntry::rewriting(&original_key, &key.reversed(), 0, 0, 0, last_seen_ns);
+                original.seen = seen;
+                env.kernel.maps.flows.insert(original_key, original, 0).unwrap();
+            }
         };
+        let to_node1 =
+            |pkt: &Pkt, port| pkt.forwarded(sa(SNAT, port), sa(NODE1, 30080), FWD_NODE_MAC, NODE1_MAC);
 
         let first = Pkt::from_client(47000, sa(VIP_SNAT, 80), L4::Tcp(SYN));
-        occupy(env, snat_port(first.hash(), 0), now, SEEN_PACKET);
-        let taken = sa(SNAT, snat_port(first.hash(), 1));
+        occupy(env, snat_port(first.hash(), 0), now, SEEN_PACKET, true);
         step(
             env,
             "live port skipped",
             env.client_if,
             &first,
-            Expect::Redirect(first.forwarded(taken, sa(NODE1, 30080), FWD_NODE_MAC, NODE1_MAC)),
+            Expect::Redirect(to_node1(&first, snat_port(first.hash(), 1))),
         );
 
         let second = Pkt::from_client(47001, sa(VIP_SNAT, 80), L4::Tcp(SYN));
         let hour = 3_600_000_000_000;
-        occupy(env, snat_port(second.hash(), 0), now.saturating_sub(hour), SEEN_PACKET | SEEN_RST);
-        let reused = sa(SNAT, snat_port(second.hash(), 0));
+        occupy(env, snat_port(second.hash(), 0), now.saturating_sub(hour), SEEN_PACKET | SEEN_RST, true);
         step(
             env,
             "expired port reused",
             env.client_if,
             &second,
-            Expect::Redirect(second.forwarded(reused, sa(NODE1, 30080), FWD_NODE_MAC, NODE1_MAC)),
+            Expect::Redirect(to_node1(&second, snat_port(second.hash(), 0))),
+        );
+
+        let third = Pkt::from_client(47002, sa(VIP_SNAT, 80), L4::Tcp(SYN));
+        occupy(env, snat_port(third.hash(), 0), now, SEEN_PACKET, false);
+        step(
+            env,
+            "orphaned port reused",
+            env.client_if,
+            &third,
+            Expect::Redirect(to_node1(&third, snat_port(third.hash(), 0))),
         );
     });
 }

@@ -15,6 +15,7 @@
 //! [`maps::wire_addr`] / [`maps::wire_port`] and their inverses to convert.
 #![no_std]
 
+pub mod bench;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;

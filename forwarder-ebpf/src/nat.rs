@@ -61,10 +61,13 @@ pub fn create(
 
 /// Inserts a reply entry unless its key belongs to another live connection.
 ///
-/// A key already taken is free again when its connection expired, or when
-/// it translates to the same client and VIP (an earlier incarnation of this very
-/// connection). Deleting and re-inserting with `BPF_NOEXIST` keeps two CPUs
-/// from claiming the same key at once.
+/// A key already taken is free again when its connection expired, when it
+/// translates to the same client and VIP (an earlier incarnation of this
+/// very connection), or when it is an orphan: the connection's original
+/// entry was evicted from the full table, so its next packet starts a new
+/// connection anyway (without this, one-way floods leave orphans pinning
+/// every port). Deleting and re-inserting with `BPF_NOEXIST` keeps two
+/// CPUs from claiming the same key at once.
 #[inline(always)]
 fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, Reason> {
     match FLOWS.insert(key, reply, u64::from(BPF_NOEXIST)) {
@@ -80,7 +83,8 @@ fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, 
                 && existing.new_dst == reply.new_dst
                 && existing.new_sport == reply.new_sport
                 && existing.new_dport == reply.new_dport;
-            same_connection || conntrack::expired(existing, proto, now)
+            let orphan = FLOWS.get_ptr(existing.peer_key(proto)).is_none();
+            same_connection || orphan || conntrack::expired(existing, proto, now)
         },
         None => true,
     };

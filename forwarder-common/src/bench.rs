@@ -1,0 +1,41 @@
+//! Layout shared by the benchmark's BPF programs and the bench runner (not
+//! used by the forwarder itself).
+
+/// Length of the generated frames: Ethernet + IPv4 + UDP + 18 bytes, the
+/// classic 64-byte packet less its FCS.
+pub const FRAME_LEN: usize = 60;
+
+/// `GEN` value: what the generator writes into every frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenConfig {
+    /// The frame for flow 0, checksums valid.
+    pub frame: [u8; 64],
+    /// Distinct flows to cycle through; 0 makes every packet a new flow.
+    pub flows: u32,
+    pub _pad: u32,
+}
+
+/// `BOUNCE` value: the trivial forwarder's rewrite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BounceConfig {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub ifindex: u32,
+}
+
+/// Source port and source address offset of flow `index`: ports
+/// 1024..33791, then the next address.
+#[inline(always)]
+#[must_use]
+pub const fn flow_source(index: u32) -> (u16, u32) {
+    (1024 + (index & 0x7fff) as u16, index >> 15)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]` plain data with explicit padding.
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::BounceConfig {}
+}
