@@ -24,10 +24,7 @@ use forwarder_common::{
     hash::flow_hash,
     maps::{FlowEntry, FlowKey, META_NEEDS_NEIGH, PROTO_TCP, Settings, snat_port, wire_addr, wire_port},
 };
-use forwarder_tests::{
-    netns::{Netns, unique_name},
-    require_root,
-};
+use forwarder_tests::require_root;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -39,8 +36,8 @@ const FWD_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
 const HAIRPIN_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0x50];
 const FWD_NODE_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const NODE1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x11];
-const NODE2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 0x12];
+const NODE1_MAC: [u8; 6] = [2, 0, 0, 2, 0, 11];
+const NODE2_MAC: [u8; 6] = [2, 0, 0, 2, 0, 12];
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 const FWD_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
@@ -170,26 +167,7 @@ where
 /// [`SERVICES`], and runs `test`.
 fn with_datapath(test: impl FnOnce(&mut Env) + Send) {
     require_root();
-    let ns = Netns::create(unique_name("fwx", "")).expect("netns");
-    for cmd in [
-        "link add cl type veth peer name cl-peer",
-        "link add nd type veth peer name nd-peer",
-        "link set cl address 02:00:00:00:01:01",
-        "link set nd address 02:00:00:00:02:01",
-        "addr add 10.1.0.1/24 dev cl",
-        "addr add 10.2.0.1/24 dev nd",
-        "link set cl up",
-        "link set cl-peer up",
-        "link set nd up",
-        "link set nd-peer up",
-        "neigh add 10.1.0.2 lladdr 02:00:00:00:01:02 dev cl nud permanent",
-        "neigh add 10.1.0.50 lladdr 02:00:00:00:01:50 dev cl nud permanent",
-        "neigh add 10.2.0.11 lladdr 02:00:00:00:02:11 dev nd nud permanent",
-        "neigh add 10.2.0.12 lladdr 02:00:00:00:02:12 dev nd nud permanent",
-    ] {
-        ns.ip(cmd).expect(cmd);
-    }
-    ns.exec("sysctl", "-qw net.ipv4.conf.all.forwarding=1").expect("forwarding");
+    let ns = forwarder_tests::fixture::network(&[NODE1, NODE2]).expect("fixture network");
     ns.enter(|| {
         let mut kernel = Kernel::load(Capacity::default(), aya_log::Level::Info, None).expect("load");
         let mut table = Table::new(Capacity::default(), None).expect("table");
@@ -723,5 +701,31 @@ fn services_on_the_same_nodes_share_a_table() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         env.table.retire(&mut env.kernel.maps).unwrap();
         assert_eq!(tables(env), before, "back to the original tables, nothing left over");
+    });
+}
+
+/// An established flow reuses the next hop its last route lookup found,
+/// and looks again about once a second: a node's new MAC is picked up
+/// within a second, without a lookup on every packet.
+#[test]
+fn established_flows_cache_the_next_hop_for_at_most_a_second() {
+    with_datapath(|env| {
+        let cl = env.client_if;
+        let moved: [u8; 6] = [2, 0, 0, 2, 0, 0x99];
+        let (vip, node) = (sa(VIP_PRESERVE, 80), sa(NODE1, 30080));
+        let syn = Pkt::from_client(49000, vip, L4::Tcp(SYN));
+        step(env, "syn", cl, &syn, Expect::Redirect(syn.forwarded(syn.src, node, FWD_NODE_MAC, NODE1_MAC)));
+        let run = |cmd: &str| {
+            let status = std::process::Command::new("ip").args(cmd.split_whitespace()).status().unwrap();
+            assert!(status.success(), "ip {cmd}");
+        };
+        run("neigh replace 10.2.0.11 lladdr 02:00:00:02:00:99 dev nd nud permanent");
+        let ack = Pkt::from_client(49000, vip, L4::Tcp(ACK));
+        let cached = ack.forwarded(ack.src, node, FWD_NODE_MAC, NODE1_MAC);
+        step(env, "ack right after the change: cached hop", cl, &ack, Expect::Redirect(cached));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let fresh = ack.forwarded(ack.src, node, FWD_NODE_MAC, moved);
+        step(env, "ack a second later: looked up again", cl, &ack, Expect::Redirect(fresh.clone()));
+        step(env, "and cached again", cl, &ack, Expect::Redirect(fresh));
     });
 }

@@ -31,7 +31,7 @@ pub mod names {
 
 /// Version of the layout of every pinned map. A daemon only adopts pins of
 /// its own version; bump it whenever a key, value or map changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names in the eBPF object.
 pub mod programs {
@@ -248,7 +248,20 @@ pub struct FlowEntry {
     pub flags: u8,
     /// `conntrack::SEEN_*` for this entry's direction.
     pub seen: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The next hop of translated packets, from the last route lookup
+    /// (redone when `last_seen_ns` is refreshed, about once a second);
+    /// interface 0 until the first.
+    pub hop: NextHop,
+}
+
+/// Where translated packets of a flow go: interface and Ethernet addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl FlowEntry {
@@ -280,7 +293,8 @@ impl FlowEntry {
             last_seen_ns: now_ns,
             flags,
             seen: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            hop: NextHop { ifindex: 0, src_mac: [0; 6], dst_mac: [0; 6] },
         }
     }
 
@@ -329,7 +343,7 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 48);
+        assert_eq!(size_of::<FlowEntry>(), 64);
     }
 
     #[test]

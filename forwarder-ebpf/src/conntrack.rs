@@ -5,7 +5,7 @@ use forwarder_common::{
     conntrack::{
         FLAG_REPLY, REFRESH_INTERVAL_NS, TCP_CLOSING_TIMEOUT_NS, expired as past_timeout, reopens, timeout_ns,
     },
-    maps::{FlowEntry, FlowKey},
+    maps::{FlowEntry, FlowKey, NextHop},
 };
 
 use crate::maps::FLOWS;
@@ -57,16 +57,30 @@ pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
 }
 
 /// Records a packet on `entry`, writing only when something changed so an
-/// established flow's cache line stays shared between CPUs.
+/// established flow's cache line stays shared between CPUs. Whether
+/// `last_seen` was refreshed (about once a second): the moment to check
+/// the cached next hop.
 #[inline(always)]
-pub fn touch(entry: *mut FlowEntry, packet_seen: u8, now: u64) {
+pub fn touch(entry: *mut FlowEntry, packet_seen: u8, now: u64) -> bool {
     // SAFETY: a map value pointer from the lookup helper; concurrent
     // updates race benignly (both store a recent time, or OR in flags).
     let entry = unsafe { &mut *entry };
-    if now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS {
+    let refresh = now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS;
+    if refresh {
         entry.last_seen_ns = now;
     }
     if entry.seen | packet_seen != entry.seen {
         entry.seen |= packet_seen;
+    }
+    refresh
+}
+
+/// Stores the next hop of the flow keyed `key` (a racing writer stores the
+/// same lookup's answer).
+#[inline(always)]
+pub fn cache_hop(key: &FlowKey, hop: NextHop) {
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer from the lookup helper.
+        unsafe { (*entry).hop = hop };
     }
 }

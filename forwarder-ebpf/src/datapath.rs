@@ -63,30 +63,42 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let pkt = parse(hook.data(), hook.data_end())?;
     let now = conntrack::now_ns();
-    let entry = match conntrack::lookup(&pkt.key) {
+    // The flow's entry, and its cached next hop unless due for a check.
+    let (entry, cached) = match conntrack::lookup(&pkt.key) {
         // SAFETY: a map value pointer from the lookup helper.
         Some(found) if conntrack::usable(unsafe { &*found }, pkt.key.proto, pkt.seen, now) => {
-            conntrack::touch(found, pkt.seen, now);
+            let recheck = conntrack::touch(found, pkt.seen, now);
             // SAFETY: as above; copied so later map updates cannot alias it.
-            unsafe { *found }
+            let entry = unsafe { *found };
+            let cached = entry.hop.ifindex != 0 && !recheck;
+            (entry, cached)
         }
-        _ => new_flow(&pkt, now)?,
+        _ => (new_flow(&pkt, now)?, false),
     };
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
     }
     let ingress = hook.ingress_ifindex();
-    match fwd::route(hook.ctx(), ingress, &pkt, &entry)? {
-        Route::Via { ifindex, smac, dmac } => {
+    let route = if cached {
+        Route::Via(entry.hop)
+    } else {
+        let route = fwd::route(hook.ctx(), ingress, &pkt, &entry)?;
+        if let Route::Via(hop) = route {
+            conntrack::cache_hop(&pkt.key, hop);
+        }
+        route
+    };
+    match route {
+        Route::Via(hop) => {
             nat::rewrite(&pkt, &entry);
-            fwd::set_macs(&pkt, smac, dmac);
+            fwd::set_macs(&pkt, &hop);
             stats::forwarded(&entry, pkt.ip_len);
-            if ifindex == ingress {
+            if hop.ifindex == ingress {
                 stats::reason(Reason::TxSameInterface);
                 Ok(Verdict::Tx)
             } else {
                 stats::reason(Reason::Redirect);
-                Ok(Verdict::Redirect(ifindex))
+                Ok(Verdict::Redirect(hop.ifindex))
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {

@@ -8,7 +8,10 @@ use aya_ebpf::{
     },
     helpers::bpf_fib_lookup as fib_lookup,
 };
-use forwarder_common::{counters::Reason, maps::FlowEntry};
+use forwarder_common::{
+    counters::Reason,
+    maps::{FlowEntry, NextHop},
+};
 
 use crate::parse::Packet;
 
@@ -16,8 +19,8 @@ const AF_INET: u8 = 2;
 
 /// Where the translated packet goes.
 pub enum Route {
-    /// Out of `ifindex`, to `dmac` from `smac`.
-    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Out of an interface to a known MAC.
+    Via(NextHop),
     /// Out of `ifindex` to `nexthop`, whose MAC the kernel does not know yet.
     NoNeigh { ifindex: u32, nexthop: u32 },
 }
@@ -40,7 +43,7 @@ pub fn route(ctx: *mut c_void, ingress: u32, pkt: &Packet, entry: &FlowEntry) ->
     let rc = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            Ok(Route::Via { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac })
+            Ok(Route::Via(NextHop { ifindex: params.ifindex, src_mac: params.smac, dst_mac: params.dmac }))
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route::NoNeigh {
             ifindex: params.ifindex,
@@ -54,10 +57,10 @@ pub fn route(ctx: *mut c_void, ingress: u32, pkt: &Packet, entry: &FlowEntry) ->
 
 /// Sets the Ethernet addresses for the next hop.
 #[inline(always)]
-pub fn set_macs(pkt: &Packet, smac: [u8; 6], dmac: [u8; 6]) {
+pub fn set_macs(pkt: &Packet, hop: &NextHop) {
     // SAFETY: `eth` was bounds-checked by `parse`.
     unsafe {
-        (*pkt.eth).src_addr = smac;
-        (*pkt.eth).dst_addr = dmac;
+        (*pkt.eth).src_addr = hop.src_mac;
+        (*pkt.eth).dst_addr = hop.dst_mac;
     }
 }

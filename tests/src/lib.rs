@@ -5,6 +5,7 @@
 //! Everything here talks only to addresses inside namespaces it created.
 
 pub mod client;
+pub mod fixture;
 pub mod lab;
 pub mod netns;
 
