@@ -13,14 +13,28 @@
 //! sweeps expired entries in the background; the LRU map evicts the oldest
 //! entries when it is full.
 
-/// A packet was seen in this entry's direction.
-pub const SEEN_PACKET: u8 = 1 << 0;
+// The TCP bits sit where the TCP header keeps them (FIN, SYN, RST are its
+// flags byte's three low bits), so a packet's bits are one mask away.
+
+/// A TCP FIN was seen in this entry's direction.
+pub const SEEN_FIN: u8 = 1 << 0;
 /// A TCP SYN was seen in this entry's direction.
 pub const SEEN_SYN: u8 = 1 << 1;
-/// A TCP FIN was seen in this entry's direction.
-pub const SEEN_FIN: u8 = 1 << 2;
 /// A TCP RST was seen in this entry's direction.
-pub const SEEN_RST: u8 = 1 << 3;
+pub const SEEN_RST: u8 = 1 << 2;
+/// A packet was seen in this entry's direction.
+pub const SEEN_PACKET: u8 = 1 << 3;
+/// The `SEEN_*` bits a TCP packet with header flags byte `flags` brings.
+///
+/// ```
+/// use forwarder_common::conntrack::{SEEN_PACKET, SEEN_SYN, tcp_seen};
+/// assert_eq!(tcp_seen(0x12), SEEN_PACKET | SEEN_SYN); // SYN+ACK
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn tcp_seen(flags: u8) -> u8 {
+    SEEN_PACKET | (flags & (SEEN_FIN | SEEN_SYN | SEEN_RST))
+}
 
 /// Entry flag: this is the reply-direction entry of its connection.
 pub const FLAG_REPLY: u8 = 1 << 0;

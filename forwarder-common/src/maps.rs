@@ -207,14 +207,17 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: zeroing them is two stores, where the
+    // array became a call to `memset` in the BPF program.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl FlowKey {
     #[inline(always)]
     #[must_use]
     pub const fn new(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> Self {
-        Self { src, dst, sport, dport, proto, _pad: [0; 3] }
+        Self { src, dst, sport, dport, proto, _pad: 0, _pad2: 0 }
     }
 
     /// The tuple of a packet going the other way.

@@ -3,7 +3,7 @@
 use core::mem::size_of;
 
 use forwarder_common::{
-    conntrack::{SEEN_FIN, SEEN_PACKET, SEEN_RST, SEEN_SYN},
+    conntrack::{SEEN_PACKET, tcp_seen},
     counters::Reason,
     maps::{FlowKey, PROTO_TCP, PROTO_UDP},
 };
@@ -23,10 +23,6 @@ const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
 const TCP_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 
 /// A parsed IPv4 TCP/UDP packet: header pointers (already bounds-checked)
 /// and its 5-tuple.
@@ -115,15 +111,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
     } else {
         ptr_at::<[u8; UDP_HDR_LEN]>(data, data_end, l4_at)?.cast()
     };
-    let seen = if proto == PROTO_TCP {
-        let flags = unsafe { *l4.add(TCP_FLAGS) };
-        SEEN_PACKET
-            | if flags & TCP_SYN != 0 { SEEN_SYN } else { 0 }
-            | if flags & TCP_FIN != 0 { SEEN_FIN } else { 0 }
-            | if flags & TCP_RST != 0 { SEEN_RST } else { 0 }
-    } else {
-        SEEN_PACKET
-    };
+    let seen = if proto == PROTO_TCP { tcp_seen(unsafe { *l4.add(TCP_FLAGS) }) } else { SEEN_PACKET };
     let key = FlowKey::new(
         u32::from_ne_bytes(unsafe { (*ip).src_addr }),
         u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
