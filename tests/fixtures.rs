@@ -708,6 +708,39 @@ fn services_on_the_same_nodes_share_a_table() {
 /// and looks again about once a second: a node's new MAC is picked up
 /// within a second, without a lookup on every packet.
 #[test]
+fn a_cached_next_hop_does_not_skip_the_mtu_check_for_longer_packets() {
+    with_datapath(|env| {
+        let cl = env.client_if;
+        let (vip, node) = (sa(VIP_PRESERVE, 80), sa(NODE1, 30080));
+        let syn = Pkt::from_client(49100, vip, L4::Tcp(SYN));
+        step(env, "syn", cl, &syn, Expect::Redirect(syn.forwarded(syn.src, node, FWD_NODE_MAC, NODE1_MAC)));
+        let ack = Pkt::from_client(49100, vip, L4::Tcp(ACK));
+        step(
+            env,
+            "ack: cached",
+            cl,
+            &ack,
+            Expect::Redirect(ack.forwarded(ack.src, node, FWD_NODE_MAC, NODE1_MAC)),
+        );
+        let status =
+            std::process::Command::new("ip").args(["link", "set", "nd", "mtu", "576"]).status().unwrap();
+        assert!(status.success(), "ip link set nd mtu 576");
+        let long = Pkt { payload: vec![7; 600], ..ack.clone() };
+        let before = env.reason(Reason::DropFragNeeded);
+        step(env, "a packet over the new MTU", cl, &long, Expect::Drop);
+        assert_eq!(env.reason(Reason::DropFragNeeded), before + 1, "counted as frag needed");
+        let fits = Pkt { payload: vec![7; 400], ..ack.clone() };
+        step(
+            env,
+            "one that fits",
+            cl,
+            &fits,
+            Expect::Redirect(fits.forwarded(fits.src, node, FWD_NODE_MAC, NODE1_MAC)),
+        );
+    });
+}
+
+#[test]
 fn established_flows_cache_the_next_hop_for_at_most_a_second() {
     with_datapath(|env| {
         let cl = env.client_if;

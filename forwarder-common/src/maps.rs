@@ -251,7 +251,10 @@ pub struct FlowEntry {
     pub flags: u8,
     /// `conntrack::SEEN_*` for this entry's direction.
     pub seen: u8,
-    pub _pad: [u8; 2],
+    /// The IPv4 total length of the packet `hop` was looked up for: the
+    /// route lookup also checks the egress MTU, so a longer packet looks
+    /// the route up again rather than trust the cache.
+    pub hop_len: u16,
     /// The next hop of translated packets, from the last route lookup
     /// (redone when `last_seen_ns` is refreshed, about once a second);
     /// interface 0 until the first.
@@ -296,7 +299,7 @@ impl FlowEntry {
             last_seen_ns: now_ns,
             flags,
             seen: 0,
-            _pad: [0; 2],
+            hop_len: 0,
             hop: NextHop { ifindex: 0, src_mac: [0; 6], dst_mac: [0; 6] },
         }
     }

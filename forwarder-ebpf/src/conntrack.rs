@@ -60,11 +60,11 @@ pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
 /// established flow's cache line stays shared between CPUs. Whether
 /// `last_seen` was refreshed (about once a second): the moment to check
 /// the cached next hop.
+///
+/// Concurrent updates from other CPUs race benignly: both store a recent
+/// time, or OR in flags.
 #[inline(always)]
-pub fn touch(entry: *mut FlowEntry, packet_seen: u8, now: u64) -> bool {
-    // SAFETY: a map value pointer from the lookup helper; concurrent
-    // updates race benignly (both store a recent time, or OR in flags).
-    let entry = unsafe { &mut *entry };
+pub fn touch(entry: &mut FlowEntry, packet_seen: u8, now: u64) -> bool {
     let refresh = now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS;
     if refresh {
         entry.last_seen_ns = now;
@@ -75,12 +75,16 @@ pub fn touch(entry: *mut FlowEntry, packet_seen: u8, now: u64) -> bool {
     refresh
 }
 
-/// Stores the next hop of the flow keyed `key` (a racing writer stores the
-/// same lookup's answer).
+/// Stores the next hop of the flow keyed `key`, as looked up for a packet
+/// of IPv4 total length `ip_len` (a racing writer stores an answer as
+/// recent; at worst a packet looks the route up once more).
 #[inline(always)]
-pub fn cache_hop(key: &FlowKey, hop: NextHop) {
+pub fn cache_hop(key: &FlowKey, hop: NextHop, ip_len: u16) {
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer from the lookup helper.
-        unsafe { (*entry).hop = hop };
+        unsafe {
+            (*entry).hop = hop;
+            (*entry).hop_len = ip_len;
+        }
     }
 }

@@ -63,14 +63,16 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let pkt = parse(hook.data(), hook.data_end())?;
     let now = conntrack::now_ns();
-    // The flow's entry, and its cached next hop unless due for a check.
+    // The flow's entry, and its cached next hop unless due for a check or
+    // the packet is longer than the one the route (and MTU) was checked for.
     let (entry, cached) = match conntrack::lookup(&pkt.key) {
         // SAFETY: a map value pointer from the lookup helper.
         Some(found) if conntrack::usable(unsafe { &*found }, pkt.key.proto, pkt.seen, now) => {
-            let recheck = conntrack::touch(found, pkt.seen, now);
+            // SAFETY: as above.
+            let recheck = conntrack::touch(unsafe { &mut *found }, pkt.seen, now);
             // SAFETY: as above; copied so later map updates cannot alias it.
             let entry = unsafe { *found };
-            let cached = entry.hop.ifindex != 0 && !recheck;
+            let cached = entry.hop.ifindex != 0 && !recheck && pkt.ip_len <= entry.hop_len;
             (entry, cached)
         }
         _ => (new_flow(&pkt, now)?, false),
@@ -84,7 +86,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     } else {
         let route = fwd::route(hook.ctx(), ingress, &pkt, &entry)?;
         if let Route::Via(hop) = route {
-            conntrack::cache_hop(&pkt.key, hop);
+            conntrack::cache_hop(&pkt.key, hop, pkt.ip_len);
         }
         route
     };
