@@ -13,7 +13,9 @@ pub struct GenConfig {
     pub frame: [u8; 64],
     /// Distinct flows to cycle through; 0 makes every packet a new flow.
     pub flows: u32,
-    pub _pad: u32,
+    /// Flow `i` goes to the frame's destination address plus `i % vips`
+    /// (1: all to the frame's).
+    pub vips: u32,
 }
 
 /// `BOUNCE` value: the trivial forwarder's rewrite.

@@ -26,6 +26,10 @@ pub enum Route {
 }
 
 /// Looks up the route of `pkt` once translated by `entry`.
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "`ctx` is the hook's program context, handed to the helper as the kernel gave it"
+)]
 #[inline(always)]
 pub fn route(ctx: *mut c_void, ingress: u32, pkt: &Packet, entry: &FlowEntry) -> Result<Route, Reason> {
     // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.

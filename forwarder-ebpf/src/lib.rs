@@ -1,4 +1,28 @@
-//! Exists so `forwarder` can name this crate as a build dependency (which
-//! makes cargo rebuild the datapath when it changes); the programs are in
-//! the binary target.
+//! The forwarder's datapath.
+//!
+//! Modules follow the packet: [`parse`] the headers, look the flow up in
+//! [`conntrack`], or find its service and pick a backend in [`lb`], create
+//! the translation in [`nat`], route it in [`fwd`], count it in [`stats`].
+//! [`datapath`] strings them together independently of the hook; [`xdp`]
+//! and [`tc`] are the two entry points.
 #![no_std]
+
+pub mod conntrack;
+pub mod datapath;
+pub mod fwd;
+pub mod lb;
+pub mod maps;
+pub mod nat;
+pub mod parse;
+pub mod stats;
+pub mod tc;
+pub mod xdp;
+
+// One for every BPF object that links the datapath. Only for the BPF
+// target: a host build (e.g. `cargo clippy --workspace`) links std, which
+// has its own.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

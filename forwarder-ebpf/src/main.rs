@@ -1,33 +1,24 @@
-//! The forwarder's datapath.
-//!
-//! Modules follow the packet: [`parse`] the headers, look the flow up in
-//! [`conntrack`], or find its service and pick a backend in [`lb`], create
-//! the translation in [`nat`], route it in [`fwd`], count it in [`stats`].
-//! [`datapath`] strings them together independently of the hook; [`xdp`]
-//! and [`tc`] are the two entry points.
+//! The forwarder's BPF object: its two entry points. The datapath itself
+//! is the library (`lib.rs`), which the benchmark object links too.
 #![no_std]
 #![no_main]
 
-mod conntrack;
-mod datapath;
-mod fwd;
-mod lb;
-mod maps;
-mod nat;
-mod parse;
-mod stats;
-mod tc;
-mod xdp;
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+#[xdp]
+pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
+    forwarder_ebpf::xdp::run(&ctx)
+}
+
+#[classifier]
+pub fn forwarder_tc(ctx: TcContext) -> i32 {
+    forwarder_ebpf::tc::run(&ctx)
+}
 
 /// GPL-compatible, as `bpf_fib_lookup` and `bpf_redirect_neigh` require.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-
-// Only for the BPF target: a host build (e.g. `cargo clippy --workspace`)
-// links std, which has its own.
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}

@@ -13,7 +13,6 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_pull_data},
-    macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
@@ -59,16 +58,18 @@ impl Hook for TcHook<'_> {
     }
 }
 
-#[classifier]
-pub fn forwarder_tc(ctx: TcContext) -> i32 {
-    if !handed_over_by_xdp(&ctx) && !translates_all() {
+/// The TC program: packets XDP handed over (or all of them, see
+/// `Settings::tc_translates_all`), then the verdict as a TC action.
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    if !handed_over_by_xdp(ctx) && !translates_all() {
         return TC_ACT_OK;
     }
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
         // SAFETY: the helper bounds the pull by the packet length itself.
         let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, HEADERS_LEN) };
     }
-    match datapath::process(&TcHook(&ctx)) {
+    match datapath::process(&TcHook(ctx)) {
         Verdict::Pass | Verdict::HandToNeighHook => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
         // SAFETY (all three): helpers taking plain integers or a valid,

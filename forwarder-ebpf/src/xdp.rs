@@ -5,7 +5,6 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::{bpf_redirect, bpf_xdp_adjust_meta},
-    macros::xdp,
     programs::XdpContext,
 };
 use forwarder_common::{counters::Reason, maps::META_NEEDS_NEIGH};
@@ -43,9 +42,10 @@ impl Hook for XdpHook<'_> {
     }
 }
 
-#[xdp]
-pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
-    match datapath::process(&XdpHook(&ctx)) {
+/// The XDP program: the datapath, then the verdict as an XDP action.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    match datapath::process(&XdpHook(ctx)) {
         Verdict::Pass => XDP_PASS,
         Verdict::Drop => XDP_DROP,
         Verdict::Tx => XDP_TX,
@@ -57,7 +57,7 @@ pub fn forwarder_xdp(ctx: XdpContext) -> u32 {
             Err(_) => unsafe { bpf_redirect(ifindex, 0) as u32 },
         },
         Verdict::HandToNeighHook => {
-            mark_for_tc(&ctx);
+            mark_for_tc(ctx);
             XDP_PASS
         }
         // XDP cannot resolve neighbours, so the core never asks it to.

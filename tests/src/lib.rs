@@ -4,6 +4,7 @@
 //!
 //! Everything here talks only to addresses inside namespaces it created.
 
+pub mod bench;
 pub mod client;
 pub mod fixture;
 pub mod lab;

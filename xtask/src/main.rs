@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -26,6 +27,7 @@ enum Command {
     Build(build::Build),
     Run(run::Run),
     Test(test::Test),
+    Bench(bench::Bench),
     Demo(demo::Demo),
     Install(install::Install),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Build(cmd) => cmd.execute(),
         Command::Run(cmd) => cmd.execute(),
         Command::Test(cmd) => cmd.execute(),
+        Command::Bench(cmd) => cmd.execute(),
         Command::Demo(cmd) => cmd.execute(),
         Command::Install(cmd) => cmd.execute(),
     };

@@ -25,6 +25,11 @@ const LLVM_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 /// servers, ethtool and iproute2 to build the lab.
 const TEST_DEBS: &[&str] = &["nginx-light", "libnginx-mod-stream", "ethtool", "iproute2"];
 
+/// What the benchmark compares with and draws with: nftables, HAProxy,
+/// the wrk load generator and a font for the chart (nginx comes with the
+/// test tools).
+const BENCH_DEBS: &[&str] = &["nftables", "haproxy", "wrk", "fonts-dejavu-core"];
+
 /// Install the build toolchain (core sources, bpf-linker) and the test
 /// tools (nginx, ethtool, iproute2); needs root for the packages.
 #[derive(Debug, Args)]
@@ -62,6 +67,11 @@ pub fn ensure_toolchain() -> anyhow::Result<()> {
 
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     ensure_debs(TEST_DEBS)
+}
+
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    ensure_test_tools()?;
+    ensure_debs(BENCH_DEBS)
 }
 
 fn has_core_sources(toolchain: &str) -> bool {

@@ -31,6 +31,26 @@ use tracing::warn;
 /// The datapath object, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder"));
 
+/// The benchmark's programs (`forwarder-ebpf/src/bench.rs`).
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench"));
+
+/// A BPF object holding the datapath's maps, and its entry points.
+#[derive(Clone, Copy, Debug)]
+pub struct Object {
+    pub bytes: &'static [u8],
+    pub xdp: &'static str,
+    pub tc: Option<&'static str>,
+}
+
+/// The forwarder's own object.
+pub const DATAPATH: Object = Object { bytes: EBPF_OBJECT, xdp: programs::XDP, tc: Some(programs::TC) };
+
+/// The benchmark's object, whose `bench_forward` runs the same XDP path
+/// behind a frame rewrite (see `forwarder-ebpf/src/bench.rs`).
+#[cfg(feature = "bench")]
+pub const BENCH_FORWARD: Object = Object { bytes: BENCH_OBJECT, xdp: "bench_forward", tc: None };
+
 /// Table sizes, fixed when the object is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -108,6 +128,7 @@ pub struct Maps {
 /// not pinned; see [`Kernel::detach`] and [`Kernel::hand_over`].
 pub struct Kernel {
     ebpf: Ebpf,
+    object: Object,
     pub maps: Maps,
     pins: Option<Pins>,
     /// Whether the maps were adopted from an earlier daemon.
@@ -124,10 +145,20 @@ where
 }
 
 impl Kernel {
-    /// Loads the object with the given capacities and `log_level` for the
-    /// datapath's own (rare) log records. With `pins`, maps already pinned
-    /// there are adopted and new ones pinned.
+    /// Loads the datapath with the given capacities and `log_level` for
+    /// its own (rare) log records. With `pins`, maps already pinned there
+    /// are adopted and new ones pinned.
     pub fn load(
+        capacity: Capacity,
+        log_level: aya_log::Level,
+        pins: Option<Pins>,
+    ) -> Result<Self, KernelError> {
+        Self::load_object(DATAPATH, capacity, log_level, pins)
+    }
+
+    /// Loads `object` (see [`Kernel::load`]).
+    pub fn load_object(
+        object: Object,
         capacity: Capacity,
         log_level: aya_log::Level,
         pins: Option<Pins>,
@@ -152,11 +183,11 @@ impl Kernel {
             .map_max_entries(names::BACKENDS, max_backends.saturating_mul(2))
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(EBPF_OBJECT)?;
+            .override_global(aya_log::LEVEL, &level, false)
+            .load(object.bytes)?;
         // Programs first: they hold their maps from then on, so the
         // user-space handles taken below may come and go.
-        for name in [programs::XDP, programs::TC] {
+        for name in std::iter::once(object.xdp).chain(object.tc) {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
@@ -182,7 +213,13 @@ impl Kernel {
             egress: take(&mut ebpf, names::EGRESS)?,
             settings: take(&mut ebpf, names::SETTINGS)?,
         };
-        Ok(Self { ebpf, maps, pins, adopted, links: Vec::new() })
+        Ok(Self { ebpf, object, maps, pins, adopted, links: Vec::new() })
+    }
+
+    /// The whole object, for the benchmark's extra maps and programs.
+    #[cfg(feature = "bench")]
+    pub fn object_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Whether the maps (and their connections) came from an earlier daemon.
@@ -193,7 +230,7 @@ impl Kernel {
 
     /// The XDP program, for `test_run` and attaching.
     pub fn xdp(&mut self) -> &mut Xdp {
-        match self.ebpf.program_mut(programs::XDP) {
+        match self.ebpf.program_mut(self.object.xdp) {
             Some(aya::programs::Program::Xdp(p)) => p,
             _ => unreachable!("loaded in Kernel::load"),
         }
@@ -201,7 +238,8 @@ impl Kernel {
 
     /// The TC fallback program, for `test_run` and attaching.
     pub fn tc(&mut self) -> &mut SchedClassifier {
-        match self.ebpf.program_mut(programs::TC) {
+        let name = self.object.tc.expect("attach and test only objects with a TC program");
+        match self.ebpf.program_mut(name) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("loaded in Kernel::load"),
         }

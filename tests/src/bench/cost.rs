@@ -1,0 +1,232 @@
+//! Per-packet cost of the datapath program, in nanoseconds.
+//!
+//! `BPF_PROG_TEST_RUN` with `repeat` re-runs a program on one buffer, which
+//! a NAT rewrites on the first run. So the program timed is the bench
+//! object's `bench_forward`: it rewrites the frame from a template (the
+//! next flow's source, and destination among the services) and then runs
+//! the forwarder's own XDP code, `forwarder_ebpf::xdp::run`, on it. The
+//! rewrite alone (`bench_rewrite`) is timed the same way and subtracted;
+//! so is it for `bench_lookup` (parse and flow lookup only), the part of
+//! the cost that is the flow table's memory. The kernel reports the mean
+//! time per run; each figure is the median of several such means, taken
+//! in rounds across every setup so that a noisy moment hits all alike.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use aya::{TestRun as _, TestRunOptions, maps::Array, programs::Xdp};
+use etherparse::PacketBuilder;
+use forwarder::{
+    config::ServiceFile,
+    kernel::{BENCH_FORWARD, Capacity, Kernel},
+    state::Table,
+};
+use forwarder_common::bench::{FRAME_LEN, GenConfig};
+
+use super::median;
+use crate::{fixture, netns::Netns};
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+const FORWARDER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 0);
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+/// `n` node addresses, 10.2.0.11 upwards.
+#[must_use]
+pub fn nodes(n: u32) -> Vec<Ipv4Addr> {
+    (0..n).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 2, 0, 11)) + i)).collect()
+}
+
+/// The VIP of service `i`: consecutive addresses from 10.9.0.0.
+#[must_use]
+pub fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 9, 0, 0)) + i)
+}
+
+/// `services` services on `vip(i):80/tcp`, each over the same `backends`
+/// nodes (so they share one Maglev table, as NodePort services do).
+#[must_use]
+pub fn service_file(mode: &str, services: u32, backends: u32) -> String {
+    let list: Vec<String> = nodes(backends).iter().map(|n| format!("\"{n}:30080\"")).collect();
+    let list = list.join(", ");
+    let mut text = String::from("snat_ip = \"10.2.0.1\"\n");
+    for i in 0..services {
+        text += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\nbackends = [{list}]\n",
+            vip(i)
+        );
+    }
+    text
+}
+
+/// The template: a TCP ACK from the first client to the first VIP, 60 bytes.
+fn template() -> anyhow::Result<[u8; 64]> {
+    let mut frame = Vec::with_capacity(FRAME_LEN);
+    PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
+        .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
+        .tcp(forwarder_common::bench::flow_source(0).0, 80, 1000, 64240)
+        .ack(5000)
+        .write(&mut frame, &[0u8; FRAME_LEN - 14 - 20 - 20])?;
+    anyhow::ensure!(frame.len() == FRAME_LEN);
+    let mut padded = [0u8; 64];
+    padded[..FRAME_LEN].copy_from_slice(&frame);
+    Ok(padded)
+}
+
+/// One configuration to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub mode: &'static str,
+    pub services: u32,
+    pub backends: u32,
+    /// Established flows cycled through; 0: a new flow every packet.
+    pub flows: u32,
+    /// Packets per timed run.
+    pub repeat: u32,
+}
+
+/// One round's measurement of a setup, nanoseconds per packet.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    forward: f64,
+    rewrite: f64,
+    lookup: Option<f64>,
+}
+
+/// A setup's result: medians over the rounds, the frame rewrite subtracted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cost {
+    /// The whole forwarder program.
+    pub ns: f64,
+    /// Parsing and the flow lookup alone (established flows only).
+    pub lookup_ns: Option<f64>,
+    /// The rest: the whole program minus parsing and the flow lookup.
+    pub after_lookup_ns: Option<f64>,
+}
+
+/// A setup, loaded in a fixture network of its own, ready to be timed.
+pub struct Timer {
+    pub setup: Setup,
+    // Dropped before the namespace its programs were loaded in.
+    kernel: Kernel,
+    network: Netns,
+    ingress: u32,
+    samples: Vec<Sample>,
+}
+
+fn program<'a>(kernel: &'a mut Kernel, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    Ok(kernel.object_mut().program_mut(name).context("bench program")?.try_into()?)
+}
+
+fn run(program: &Xdp, ingress: u32, repeat: u32) -> anyhow::Result<(u32, f64)> {
+    let frame = [0u8; FRAME_LEN]; // rewritten by the program before use
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, ingress, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut out = [0u8; FRAME_LEN + 64];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    let result = program.test_run(opts)?;
+    Ok((result.return_value, result.duration.as_nanos() as f64))
+}
+
+impl Timer {
+    /// Builds the network, loads the datapath, installs the services and
+    /// opens the flows.
+    pub fn new(setup: Setup) -> anyhow::Result<Self> {
+        let Setup { mode, services, backends, flows, repeat } = setup;
+        let ns = fixture::network(&nodes(backends))?;
+        let (kernel, ingress) = ns.enter(|| -> anyhow::Result<(Kernel, u32)> {
+            // Room for every flow of a run without evicting (new flows: the
+            // table is flushed between runs, so SNAT ports never run out).
+            let connections = if flows == 0 { repeat } else { flows };
+            let capacity = Capacity {
+                max_services: services.max(16).next_power_of_two(),
+                max_backends: (services * backends).max(16).next_power_of_two(),
+                max_flow_entries: (2 * connections + 1024).next_power_of_two(),
+                ..Capacity::default()
+            };
+            let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;
+            let mut table = Table::new(capacity, None)?;
+            let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
+            table.apply(&file, &mut kernel.maps)?;
+            let config = GenConfig { frame: template()?, flows, vips: services };
+            Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?
+                .set(0, config, 0)?;
+            for name in ["bench_rewrite", "bench_lookup"] {
+                let program: &mut Xdp = kernel.object_mut().program_mut(name).context(name)?.try_into()?;
+                program.load()?;
+            }
+            let ingress = forwarder::kernel::ifindex("cl")?;
+            if flows > 0 {
+                let (verdict, _) = run(kernel.xdp(), ingress, flows)?; // opens every flow
+                anyhow::ensure!(verdict == XDP_REDIRECT, "verdict {verdict} opening {flows} flows");
+            }
+            Ok((kernel, ingress))
+        })?;
+        Ok(Self { setup, kernel, network: ns, ingress, samples: Vec::new() })
+    }
+
+    /// Times one round, in the setup's namespace (the kernel resolves the
+    /// test run's ingress interface, and routes, in the caller's).
+    pub fn sample(&mut self) -> anyhow::Result<()> {
+        let Self { setup, kernel, network, ingress, samples } = self;
+        let Setup { flows, repeat, .. } = *setup;
+        let ingress = *ingress;
+        let sample = network.enter(|| -> anyhow::Result<Sample> {
+            if flows > 0 {
+                // Visit every flow once, untimed, so the timed run sees a
+                // busy table (each flow seen within the last second), not
+                // one idle since the previous round: a packet of an idle
+                // flow also refreshes its timestamp, and after 10 s reads
+                // the other direction's entry.
+                run(kernel.xdp(), ingress, flows)?;
+            }
+            let (verdict, forward) = run(kernel.xdp(), ingress, repeat)?;
+            anyhow::ensure!(verdict == XDP_REDIRECT, "forwarder verdict {verdict}");
+            let rewrite = run(program(kernel, "bench_rewrite")?, ingress, repeat)?.1;
+            if flows == 0 {
+                // Every packet was a new flow: start the next round empty.
+                let keys: Vec<_> = kernel.maps.flows.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    let _ = kernel.maps.flows.remove(&key);
+                }
+                return Ok(Sample { forward, rewrite, lookup: None });
+            }
+            let (verdict, lookup) = run(program(kernel, "bench_lookup")?, ingress, repeat)?;
+            anyhow::ensure!(verdict == XDP_PASS, "lookup verdict {verdict}: flow missing");
+            Ok(Sample { forward, rewrite, lookup: Some(lookup) })
+        })?;
+        samples.push(sample);
+        Ok(())
+    }
+
+    /// The medians so far.
+    #[must_use]
+    pub fn cost(&self) -> Cost {
+        // Each round's rewrite is subtracted from the same round's timings.
+        let ns = median(self.samples.iter().map(|s| s.forward - s.rewrite));
+        let lookups: Vec<f64> = self.samples.iter().filter_map(|s| Some(s.lookup? - s.rewrite)).collect();
+        let lookup_ns = (!lookups.is_empty()).then(|| median(lookups));
+        let rests: Vec<f64> = self.samples.iter().filter_map(|s| Some(s.forward - s.lookup?)).collect();
+        let after_lookup_ns = (!rests.is_empty()).then(|| median(rests));
+        Cost { ns, lookup_ns, after_lookup_ns }
+    }
+}
+
+/// Times every setup in `rounds` interleaved rounds.
+pub fn time_all(setups: &[Setup], rounds: u32) -> anyhow::Result<Vec<(Setup, Cost)>> {
+    let mut timers = Vec::new();
+    for setup in setups {
+        timers.push(Timer::new(*setup).with_context(|| format!("preparing {setup:?}"))?);
+    }
+    for _ in 0..rounds {
+        for timer in &mut timers {
+            timer.sample().with_context(|| format!("timing {:?}", timer.setup))?;
+        }
+    }
+    Ok(timers.iter().map(|t| (t.setup, t.cost())).collect())
+}

@@ -1,0 +1,265 @@
+//! `cargo xtask bench`: the forwarder against the alternatives, in one run.
+//!
+//! Four parts, each in network namespaces of its own: per-packet program
+//! cost and its scaling ([`cost`]), control-plane timings ([`control`]),
+//! packet rates through a generator / system-under-test / sink rig
+//! ([`rig`], [`pps`]), and short HTTP requests through each path
+//! ([`http`]). [`report`] writes the results.
+
+pub mod chart;
+pub mod control;
+pub mod cost;
+pub mod http;
+pub mod pps;
+pub mod report;
+pub mod rig;
+
+use std::{path::PathBuf, time::Duration};
+
+use self::{
+    cost::Setup,
+    http::{HttpBench, HttpPath},
+    pps::Case,
+    report::{CostRow, HttpRow, RateRow, Report, ScaleRow},
+    rig::Rig,
+};
+
+/// How long and how often to measure.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub quick: bool,
+    /// Parts to run (all when empty): `cost`, `control`, `pps`, `http`.
+    pub only: Vec<String>,
+    /// Where the report goes.
+    pub out: PathBuf,
+}
+
+/// The knobs `Config::quick` turns.
+struct Effort {
+    cost_rounds: u32,
+    established_repeat: u32,
+    new_flow_repeat: u32,
+    control_rounds: u32,
+    pps_rounds: u32,
+    pps_warmup: Duration,
+    pps_duration: Duration,
+    http_rounds: u32,
+    http_duration: Duration,
+}
+
+impl Config {
+    fn effort(&self) -> Effort {
+        if self.quick {
+            Effort {
+                cost_rounds: 5,
+                established_repeat: 200_000,
+                new_flow_repeat: 10_000,
+                control_rounds: 1,
+                pps_rounds: 1,
+                pps_warmup: Duration::from_millis(200),
+                pps_duration: Duration::from_secs(1),
+                http_rounds: 1,
+                http_duration: Duration::from_secs(2),
+            }
+        } else {
+            Effort {
+                cost_rounds: 15,
+                established_repeat: 1_000_000,
+                new_flow_repeat: 20_000,
+                control_rounds: 5,
+                pps_rounds: 5,
+                pps_warmup: Duration::from_millis(300),
+                pps_duration: Duration::from_secs(2),
+                http_rounds: 3,
+                http_duration: Duration::from_secs(5),
+            }
+        }
+    }
+}
+
+/// The median of `values` (the upper one of an even count); NaN if none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// An nginx configuration with one stream proxy, `server` proxying to the
+/// upstream `backends` made of `servers`; `name` names its pid and log files.
+fn nginx_stream_conf(dir: &std::path::Path, name: &str, servers: &str, server: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+worker_processes auto;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}.log crit;
+events {{ worker_connections 8192; }}
+stream {{
+    upstream backends {{ {servers} }}
+    server {{ {server} }}
+}}
+"#
+    )
+}
+
+/// Flows of the established-flow cost rows, and of the service and backend
+/// scaling rows (at least one per service).
+const COST_FLOWS: u32 = 1_000;
+const SCALE_FLOWS: u32 = 10_000;
+/// Backends of the flow-scaling rows: one SNAT address has 31,744 ports
+/// per backend, so a million connections need at least 32 backends.
+const FLOW_SCALE_BACKENDS: u32 = 64;
+
+/// The parts a run may be limited to.
+pub const PARTS: [&str; 4] = ["cost", "control", "pps", "http"];
+
+/// Runs every part (or those `config.only` names) and returns the report.
+pub fn run(config: &Config) -> anyhow::Result<Report> {
+    let effort = config.effort();
+    let mut report = Report::new(config.quick)?;
+    let wanted = |part: &str| config.only.is_empty() || config.only.iter().any(|p| p == part);
+    if wanted("cost") {
+        costs(&effort, &mut report)?;
+    }
+    if wanted("control") {
+        eprintln!("bench: control plane");
+        report.control = Some(control::measure(effort.control_rounds)?);
+    }
+    if wanted("pps") {
+        packet_rates(&effort, &mut report)?;
+    }
+    if wanted("http") {
+        http_rates(&effort, &mut report)?;
+    }
+    report.evaluate();
+    Ok(report)
+}
+
+fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    let established = |mode, services, backends, flows| Setup {
+        mode,
+        services,
+        backends,
+        flows,
+        repeat: effort.established_repeat.max(flows),
+    };
+    let new_flow = |mode, services, backends| Setup {
+        mode,
+        services,
+        backends,
+        flows: 0,
+        repeat: effort.new_flow_repeat,
+    };
+    let headline = [
+        ("snat, established", established("snat", 1, 2, COST_FLOWS)),
+        ("preserve, established", established("preserve", 1, 2, COST_FLOWS)),
+        ("snat, new flow", new_flow("snat", 1, 2)),
+        ("preserve, new flow", new_flow("preserve", 1, 2)),
+    ];
+    let scale_points: Vec<(&str, String, Setup, Option<Setup>)> = vec![
+        ("services", "1".into(), established("snat", 1, 2, SCALE_FLOWS), Some(new_flow("snat", 1, 2))),
+        (
+            "services",
+            "1,000".into(),
+            established("snat", 1_000, 2, SCALE_FLOWS),
+            Some(new_flow("snat", 1_000, 2)),
+        ),
+        (
+            "services",
+            "10,000".into(),
+            established("snat", 10_000, 2, SCALE_FLOWS),
+            Some(new_flow("snat", 10_000, 2)),
+        ),
+        ("backends", "2".into(), established("snat", 1, 2, SCALE_FLOWS), Some(new_flow("snat", 1, 2))),
+        (
+            "backends",
+            "1,000".into(),
+            established("snat", 1, 1_000, SCALE_FLOWS),
+            Some(new_flow("snat", 1, 1_000)),
+        ),
+        ("flows", "1,000".into(), established("snat", 1, FLOW_SCALE_BACKENDS, 1_000), None),
+        ("flows", "1,000,000".into(), established("snat", 1, FLOW_SCALE_BACKENDS, 1_000_000), None),
+    ];
+    let mut setups: Vec<Setup> = headline.iter().map(|(_, s)| *s).collect();
+    for (_, _, est, new) in &scale_points {
+        setups.push(*est);
+        setups.extend(*new);
+    }
+    let mut unique: Vec<Setup> = Vec::new();
+    for setup in setups {
+        if !unique.contains(&setup) {
+            unique.push(setup);
+        }
+    }
+    let costs = cost::time_all(&unique, effort.cost_rounds)?;
+    let cost_of = |setup: &Setup| costs.iter().find(|(s, _)| s == setup).map(|(_, c)| *c).expect("timed");
+    for (case, setup) in headline {
+        let cost = cost_of(&setup);
+        report.costs.push(CostRow { case: case.to_owned(), ns: cost.ns, lookup_ns: cost.lookup_ns });
+    }
+    for (axis, value, est, new) in scale_points {
+        let cost = cost_of(&est);
+        report.scaling.push(ScaleRow {
+            axis: axis.to_owned(),
+            value,
+            established_ns: cost.ns,
+            lookup_ns: cost.lookup_ns,
+            after_lookup_ns: cost.after_lookup_ns,
+            new_flow_ns: new.map(|n| cost_of(&n).ns),
+        });
+    }
+    Ok(())
+}
+
+fn packet_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: packet rates");
+    let dir = tempfile::Builder::new().prefix("forwarder-bench").tempdir()?;
+    let mut rig = Rig::new()?;
+    let mut rates: Vec<(Case, Vec<f64>)> = Case::ALL.iter().map(|c| (*c, Vec::new())).collect();
+    for round in 0..effort.pps_rounds {
+        for (case, runs) in &mut rates {
+            let pps = pps::measure(&mut rig, *case, effort.pps_warmup, effort.pps_duration, dir.path())?;
+            eprintln!("  round {}: {:<42} {:>7.3} Mpps", round + 1, case.label(), pps / 1e6);
+            runs.push(pps);
+        }
+    }
+    drop(rig);
+    report.packet_rates = rates
+        .into_iter()
+        .map(|(case, runs)| RateRow {
+            case,
+            label: case.label().to_owned(),
+            mpps: median(runs.clone()) / 1e6,
+            runs,
+        })
+        .collect();
+    Ok(())
+}
+
+fn http_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: HTTP through each path (wrk, one connection per request)");
+    let mut http: Vec<(HttpPath, Vec<http::WrkRun>)> =
+        HttpPath::ALL.iter().map(|p| (*p, Vec::new())).collect();
+    for round in 0..effort.http_rounds {
+        for (path, runs) in &mut http {
+            let run = HttpBench::measure(*path, effort.http_duration)?;
+            eprintln!(
+                "  round {}: {:<36} {:>8.0} conn/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                round + 1,
+                path.label(),
+                run.per_second,
+                run.p50_ms,
+                run.p99_ms,
+                run.errors
+            );
+            runs.push(run);
+        }
+    }
+    report.http = http.into_iter().map(|(path, runs)| HttpRow::new(path, runs)).collect();
+    Ok(())
+}

@@ -1,0 +1,45 @@
+use clap::Args;
+
+use crate::{build, cmd, setup};
+
+/// Benchmark the forwarder against the alternatives (nftables DNAT, nginx,
+/// HAProxy) in network namespaces, in one run: packet rates, HTTP
+/// connection rates and latency, per-packet program cost and its scaling,
+/// control-plane timings. Writes README.md (the table), results.json and
+/// chart.png into the results folder. Installs nftables, HAProxy, wrk and
+/// a font for the chart if they are missing (needs root, as the benchmark
+/// itself does).
+#[derive(Debug, Args)]
+pub struct Bench {
+    /// Fewer and shorter runs: under two minutes, for a first look.
+    #[arg(long)]
+    quick: bool,
+    /// Only these parts (repeatable): cost, control, pps, http.
+    #[arg(long, value_parser = ["cost", "control", "pps", "http"])]
+    only: Vec<String>,
+    /// Where the results go [default: tests/bench-results].
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl Bench {
+    pub fn execute(self) -> anyhow::Result<()> {
+        let Self { quick, only, out } = self;
+        setup::ensure_bench_tools()?;
+        let binary = build::for_lab()?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = cmd::as_root(cargo);
+        command
+            .current_dir(cmd::workspace_root())
+            .env("FORWARDER_BIN", binary)
+            .args(["run", "--quiet", "--release", "--package", "forwarder-tests", "--bin", "bench", "--"])
+            .args(quick.then_some("--quick"));
+        for part in only {
+            command.args(["--only", &part]);
+        }
+        if let Some(out) = out {
+            command.arg("--out").arg(std::path::absolute(out)?);
+        }
+        cmd::run(&mut command)
+    }
+}
