@@ -109,10 +109,40 @@ fn ensure_debs(packages: &[&str]) -> anyhow::Result<()> {
     let mut updated = Ok(());
     UPDATE.call_once(|| updated = cmd::run(Command::new("apt-get").arg("update")));
     updated?;
+    let _no_starts = NoServiceStarts::new()?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Debian's policy-rc.d for the length of an install: the packages are
+/// tools the lab runs in its own namespaces, so their services (nginx on
+/// port 80, HAProxy) must not start on the host. A policy-rc.d already in
+/// place is left as it is.
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> anyhow::Result<Self> {
+        let path = Path::new(Self::PATH);
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(path, "#!/bin/sh\n# written by cargo xtask setup for one apt-get install\nexit 101\n")
+            .with_context(|| Self::PATH.to_owned())?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
