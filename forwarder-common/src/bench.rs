@@ -39,5 +39,6 @@ pub const fn flow_source(index: u32) -> (u16, u32) {
 mod pod {
     // SAFETY: `#[repr(C)]` plain data with explicit padding.
     unsafe impl aya::Pod for super::GenConfig {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for super::BounceConfig {}
 }

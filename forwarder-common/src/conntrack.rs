@@ -79,6 +79,76 @@ pub const fn timeout_ns(proto: u8, original: u8, reply: u8) -> u64 {
     }
 }
 
+/// A connection's `SEEN_*` bits as (original direction, reply direction),
+/// from one of its entries (`entry_flags`, `entry_seen`) and the other
+/// entry's bits (0 when it is gone). The one rule by which the datapath
+/// and user space tell the directions apart.
+///
+/// ```
+/// use forwarder_common::conntrack::{FLAG_REPLY, SEEN_PACKET, SEEN_SYN, directions};
+/// let syn = SEEN_PACKET | SEEN_SYN;
+/// assert_eq!(directions(0, syn, SEEN_PACKET), (syn, SEEN_PACKET));
+/// assert_eq!(directions(FLAG_REPLY, SEEN_PACKET, syn), (syn, SEEN_PACKET));
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn directions(entry_flags: u8, entry_seen: u8, peer_seen: u8) -> (u8, u8) {
+    if entry_flags & FLAG_REPLY != 0 { (peer_seen, entry_seen) } else { (entry_seen, peer_seen) }
+}
+
+/// What a connection's flags say about it (as `forwarder flows` shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// TCP: the client's SYN, no answer yet.
+    SynSent,
+    /// TCP: both directions have carried packets, no FIN or RST.
+    Established,
+    /// TCP: a FIN in one direction.
+    FinWait,
+    /// TCP: a FIN in each direction.
+    Closing,
+    /// TCP: a RST in either direction.
+    Reset,
+    /// UDP: any flow.
+    Active,
+}
+
+impl ConnState {
+    /// The state of a connection of protocol `proto` whose directions saw
+    /// `original` and `reply` (see [`directions`]).
+    #[must_use]
+    pub const fn of(proto: u8, original: u8, reply: u8) -> Self {
+        if proto != crate::maps::PROTO_TCP {
+            return Self::Active;
+        }
+        let all = original | reply;
+        if all & SEEN_RST != 0 {
+            Self::Reset
+        } else if original & reply & SEEN_FIN != 0 {
+            Self::Closing
+        } else if all & SEEN_FIN != 0 {
+            Self::FinWait
+        } else if reply & SEEN_PACKET == 0 && all & SEEN_SYN != 0 {
+            Self::SynSent
+        } else {
+            Self::Established
+        }
+    }
+
+    /// A stable snake_case name, as `flows` prints it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SynSent => "syn_sent",
+            Self::Established => "established",
+            Self::FinWait => "fin_wait",
+            Self::Closing => "closing",
+            Self::Reset => "reset",
+            Self::Active => "active",
+        }
+    }
+}
+
 /// Whether a connection whose entries were last refreshed at `last_seen_ns`
 /// (the later of the two) has expired at `now_ns`.
 #[inline(always)]
@@ -114,6 +184,33 @@ mod tests {
         for (name, proto, original, reply, want) in cases {
             assert_eq!(timeout_ns(proto, original, reply), want, "{name}");
         }
+    }
+
+    #[test]
+    fn state_names() {
+        let syn = SEEN_PACKET | SEEN_SYN;
+        let cases = [
+            ("udp", PROTO_UDP, SEEN_PACKET, 0, ConnState::Active, "active"),
+            ("syn only", PROTO_TCP, syn, 0, ConnState::SynSent, "syn_sent"),
+            ("syn answered", PROTO_TCP, syn, syn, ConnState::Established, "established"),
+            ("data both ways", PROTO_TCP, SEEN_PACKET, SEEN_PACKET, ConnState::Established, "established"),
+            ("adopted mid-flow", PROTO_TCP, SEEN_PACKET, 0, ConnState::Established, "established"),
+            ("fin one way", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET, ConnState::FinWait, "fin_wait"),
+            ("fin both ways", PROTO_TCP, SEEN_FIN, SEEN_FIN, ConnState::Closing, "closing"),
+            ("rst", PROTO_TCP, SEEN_PACKET, SEEN_RST, ConnState::Reset, "reset"),
+            ("rst beats fin", PROTO_TCP, SEEN_FIN | SEEN_RST, SEEN_FIN, ConnState::Reset, "reset"),
+        ];
+        for (what, proto, original, reply, state, name) in cases {
+            assert_eq!(ConnState::of(proto, original, reply), state, "{what}");
+            assert_eq!(state.name(), name, "{what}");
+        }
+    }
+
+    #[test]
+    fn directions_follow_the_entry_flag() {
+        assert_eq!(directions(0, 1, 2), (1, 2));
+        assert_eq!(directions(FLAG_REPLY, 1, 2), (2, 1));
+        assert_eq!(directions(FLAG_REPLY | FLAG_SNAT, 1, 0), (0, 1), "an orphan reply entry");
     }
 
     #[test]

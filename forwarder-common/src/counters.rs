@@ -129,6 +129,7 @@ impl Reason {
 /// "In" is client to backend, "out" is backend to client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Traffic {
     pub packets_in: u64,
     pub bytes_in: u64,

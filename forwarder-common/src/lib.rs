@@ -4,6 +4,7 @@
 //!   map names.
 //! * [`csum`]: incremental Internet checksum arithmetic (RFC 1624).
 //! * [`hash`]: the flow hash that picks a Maglev slot and a SNAT port.
+//! * [`snat`]: the SNAT port range and the ports a new flow tries.
 //! * [`conntrack`]: per-flow state bits and the timeout policy.
 //! * [`counters`]: the reasons a packet is passed, dropped or forwarded.
 //!
@@ -21,3 +22,4 @@ pub mod counters;
 pub mod csum;
 pub mod hash;
 pub mod maps;
+pub mod snat;

@@ -42,9 +42,23 @@ pub mod programs {
 /// Default capacity of the service table.
 pub const DEFAULT_MAX_SERVICES: u32 = 4096;
 /// Default capacity of the backend table (all services together). The
-/// `BACKENDS` map holds twice this: each service switches between two
-/// banks of entries.
+/// `BACKENDS` map holds [`BACKEND_BANKS`] times this.
 pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
+/// Banks of `BACKENDS` entries per service: a changed backend list is
+/// written into the bank not in use, then the service entry switches.
+pub const BACKEND_BANKS: u32 = 2;
+
+/// Entries of the `BACKENDS` map for a backend capacity of `max_backends`.
+#[must_use]
+pub const fn backend_entries(max_backends: u32) -> u32 {
+    max_backends.saturating_mul(BACKEND_BANKS)
+}
+
+/// The bank a service switches to from `bank`.
+#[must_use]
+pub const fn other_bank(bank: u8) -> u8 {
+    (bank + 1) % BACKEND_BANKS as u8
+}
 /// Default number of distinct Maglev tables (services with the same nodes
 /// and weights share one).
 pub const DEFAULT_MAX_TABLES: u32 = 1024;
@@ -68,38 +82,6 @@ const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// A Maglev slot with no backend (every backend drained). Other slots hold
 /// an index into the service's backend list (see [`BackendKey`]).
 pub const NO_BACKEND: u32 = u32::MAX;
-
-/// Lowest SNAT source port. Ports below the kernel's default ephemeral
-/// range (32768-60999) so translated flows never collide with the host's
-/// own connections from the same address.
-pub const SNAT_PORT_MIN: u16 = 1024;
-/// Highest SNAT source port.
-pub const SNAT_PORT_MAX: u16 = 32767;
-/// How many ports a new SNAT flow tries before it is dropped.
-pub const SNAT_PORT_TRIES: u32 = 16;
-
-/// The SNAT port (host order) a new flow with `hash` tries on `attempt`
-/// (0-based): each attempt an independent pseudo-random port.
-///
-/// Not `start + attempt`: with linear probing the LRU table keeps clusters
-/// alive (each probe's lookup marks the taken entry recently used), runs
-/// of taken ports grow, and a probe window of 16 fails far more often than
-/// the occupancy suggests. Independent probes fail with probability
-/// `occupancy ^ SNAT_PORT_TRIES`.
-///
-/// ```
-/// use forwarder_common::maps::{SNAT_PORT_MAX, SNAT_PORT_MIN, snat_port};
-/// let ports: Vec<u16> = (0..16).map(|attempt| snat_port(0xdead_beef, attempt)).collect();
-/// assert!(ports.iter().all(|p| (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(p)));
-/// assert_eq!(snat_port(0xdead_beef, 3), ports[3], "deterministic");
-/// ```
-#[inline(always)]
-#[must_use]
-pub const fn snat_port(hash: u32, attempt: u32) -> u16 {
-    const RANGE: u64 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u64 + 1;
-    let mixed = crate::hash::mix64(((attempt as u64) << 32) | hash as u64);
-    SNAT_PORT_MIN + (mixed % RANGE) as u16
-}
 
 /// Magic in the XDP metadata of a packet XDP hands to the TC fallback.
 pub const META_NEEDS_NEIGH: u32 = 0x4657_4e31; // "FWN1"
@@ -133,10 +115,10 @@ pub const fn port_from_wire(port: u16) -> u16 {
     u16::from_be(port)
 }
 
-/// How a service translates its flows.
+/// How a service translates its flows (`ServiceEntry::mode`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum NatMode {
     /// Destination to the backend, source to the forwarder's SNAT address.
     Snat = 0,
     /// Destination to the backend only; the backend sees the client.
@@ -162,10 +144,10 @@ pub struct ServiceEntry {
     pub id: u32,
     /// Key of its Maglev table in `MAGLEV` (tables are shared by services
     /// with the same nodes and weights).
-    pub table: u32,
+    pub maglev_table: u32,
     /// Length of that table.
-    pub table_len: u32,
-    /// A [`Mode`] as `u8`.
+    pub maglev_len: u32,
+    /// A [`NatMode`] as `u8`.
     pub mode: u8,
     /// Which of the service's two banks of `BACKENDS` entries is current.
     pub bank: u8,
@@ -324,17 +306,39 @@ pub struct Settings {
     pub tc_translates_all: u32,
 }
 
+// The layouts have no implicit padding (every byte is a named field), so
+// the kernel and user space agree byte for byte; checked when building,
+// as Cilium's `build_bug_on` does for its maps.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ServiceKey>() == 8);
+    assert!(size_of::<ServiceEntry>() == 16);
+    assert!(size_of::<BackendKey>() == 8);
+    assert!(size_of::<Backend>() == 16);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<NextHop>() == 16);
+    assert!(size_of::<FlowEntry>() == 64);
+    assert!(size_of::<Settings>() == 4);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: every type below is `#[repr(C)]` plain-old-data with explicit
-    // padding fields, so any bit pattern is valid and no byte is uninitialised.
+    // SAFETY (each): `#[repr(C)]` plain-old-data with explicit padding
+    // fields, so any bit pattern is valid and no byte is uninitialised.
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for ServiceEntry {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for Backend {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for BackendKey {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for FlowEntry {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for Settings {}
 }
 
@@ -343,27 +347,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceEntry>(), 16);
-        assert_eq!(size_of::<BackendKey>(), 8);
-        assert_eq!(size_of::<Backend>(), 16);
-        assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowEntry>(), 64);
-    }
-
-    #[test]
-    fn snat_probes_spread_over_the_range() {
-        // Consecutive attempts of one flow land far apart, and attempt 0
-        // of many flows covers the range evenly.
-        let probes: [u16; SNAT_PORT_TRIES as usize] = core::array::from_fn(|a| snat_port(12345, a as u32));
-        let adjacent = probes.windows(2).filter(|w| w[0].abs_diff(w[1]) < 16).count();
-        assert!(adjacent <= 1, "{probes:?}");
-        let mut buckets = [0u32; 31];
-        for hash in 0..31_000u32 {
-            buckets[((snat_port(hash.wrapping_mul(2_654_435_761), 0) - SNAT_PORT_MIN) / 1024) as usize] += 1;
-        }
-        assert!(buckets.iter().all(|&b| (800..1200).contains(&b)), "{buckets:?}");
+    fn banks_alternate() {
+        assert_eq!((other_bank(0), other_bank(1)), (1, 0));
+        assert_eq!(backend_entries(3), 6);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use forwarder_common::{
     conntrack::{
-        FLAG_REPLY, REFRESH_INTERVAL_NS, TCP_CLOSING_TIMEOUT_NS, expired as past_timeout, reopens, timeout_ns,
+        FLAG_REPLY, REFRESH_INTERVAL_NS, TCP_CLOSING_TIMEOUT_NS, directions, expired as past_timeout,
+        reopens, timeout_ns,
     },
     maps::{FlowEntry, FlowKey, NextHop},
 };
@@ -33,18 +34,16 @@ pub fn expired(entry: &FlowEntry, proto: u8, now: u64) -> bool {
     if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
         return false;
     }
-    let (mut original, mut reply, mut last) = (entry.seen, 0, entry.last_seen_ns);
+    let (mut peer_seen, mut last) = (0, entry.last_seen_ns);
     if let Some(peer) = FLOWS.get_ptr(entry.peer_key(proto)) {
         // SAFETY: a map value pointer from the lookup helper.
         let peer = unsafe { &*peer };
-        reply = peer.seen;
+        peer_seen = peer.seen;
         if peer.last_seen_ns > last {
             last = peer.last_seen_ns;
         }
     }
-    if entry.flags & FLAG_REPLY != 0 {
-        core::mem::swap(&mut original, &mut reply);
-    }
+    let (original, reply) = directions(entry.flags, entry.seen, peer_seen);
     past_timeout(now, last, timeout_ns(proto, original, reply))
 }
 

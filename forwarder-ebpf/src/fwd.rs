@@ -15,7 +15,8 @@ use forwarder_common::{
 
 use crate::parse::Packet;
 
-const AF_INET: u8 = 2;
+/// `AF_INET`, as `bpf_fib_lookup` and `bpf_redirect_neigh` take it.
+pub const AF_INET: u8 = 2;
 
 /// Where the translated packet goes.
 pub enum Route {

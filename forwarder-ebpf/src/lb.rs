@@ -19,13 +19,13 @@ pub fn service(key: &FlowKey) -> Option<ServiceEntry> {
 /// Picks the backend for a new flow from the service's Maglev table.
 #[inline(always)]
 pub fn pick(service: &ServiceEntry, hash: u32) -> Result<Backend, Reason> {
-    if service.table_len == 0 {
+    if service.maglev_len == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let slot = hash % service.table_len;
+    let slot = hash % service.maglev_len;
     // SAFETY: a table is filled before any service names it and never
     // edited afterwards, so the slot read is consistent.
-    let index = unsafe { MAGLEV.get_value(&service.table, &slot) }.copied();
+    let index = unsafe { MAGLEV.get_value(&service.maglev_table, &slot) }.copied();
     let index = match index {
         Some(index) if index != NO_BACKEND => index,
         _ => return Err(Reason::DropNoBackend),

@@ -10,7 +10,7 @@ use forwarder_common::{
     maps::{
         BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, MAGLEV_INNER_FLAGS,
-        MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings,
+        MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings, backend_entries,
     },
 };
 
@@ -25,9 +25,14 @@ const MAX_INTERFACES: usize = 64;
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceEntry, MAX_SERVICES, NO_PREALLOC> = HashMap::new();
 
-/// (service, bank, index) -> backend; two banks per service.
+/// (service, bank, index) -> backend; `BACKEND_BANKS` banks per service.
 #[btf_map]
-pub static BACKENDS: HashMap<BackendKey, Backend, { 2 * MAX_BACKENDS }, NO_PREALLOC> = HashMap::new();
+pub static BACKENDS: HashMap<
+    BackendKey,
+    Backend,
+    { backend_entries(DEFAULT_MAX_BACKENDS) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Table id -> Maglev table (slot -> index in the service's backend list).
 /// User space builds each table in a new map before any service uses it.

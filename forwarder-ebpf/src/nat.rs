@@ -6,11 +6,13 @@ use forwarder_common::{
     conntrack::{FLAG_REPLY, FLAG_SNAT},
     counters::Reason,
     csum,
-    maps::{Backend, FlowEntry, FlowKey, Mode, SNAT_PORT_TRIES, ServiceEntry, snat_port, wire_port},
+    maps::{Backend, FlowEntry, FlowKey, NatMode, ServiceEntry, wire_port},
+    snat::{SNAT_PORT_TRIES, snat_port},
 };
 
 use crate::{conntrack, maps::FLOWS, parse::Packet};
 
+/// `EEXIST` (no errno constants in the BPF target's libraries).
 const EEXIST: i32 = 17;
 
 /// Creates the connection for `pkt` towards `backend` and returns the
@@ -31,7 +33,7 @@ pub fn create(
         FlowEntry::rewriting(&to.reversed(), &reply_to, service.id, backend_id, FLAG_REPLY, now)
     };
 
-    let (to, flags) = if service.mode == Mode::Snat as u8 {
+    let (to, flags) = if service.mode == NatMode::Snat as u8 {
         let mut claimed = None;
         for attempt in 0..SNAT_PORT_TRIES {
             let port = snat_port(hash, attempt);

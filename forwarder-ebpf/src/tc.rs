@@ -20,10 +20,10 @@ use forwarder_common::maps::META_NEEDS_NEIGH;
 
 use crate::{
     datapath::{self, Hook, Verdict},
+    fwd::AF_INET,
     maps::SETTINGS,
 };
 
-const AF_INET: u32 = 2;
 /// Ethernet + IPv4 without options + TCP without options.
 const HEADERS_LEN: u32 = 14 + 20 + 20;
 
@@ -86,7 +86,7 @@ pub fn run(ctx: &TcContext) -> i32 {
             );
             // SAFETY: all-zeroes is a valid `bpf_redir_neigh`.
             let mut neigh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            neigh.nh_family = AF_INET;
+            neigh.nh_family = u32::from(AF_INET);
             neigh.__bindgen_anon_1.ipv4_nh = nexthop;
             unsafe { bpf_redirect_neigh(ifindex, &mut neigh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
         }

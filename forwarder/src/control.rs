@@ -1,6 +1,7 @@
 //! The control protocol between the CLI and the running daemon: one JSON
 //! request per line on a Unix socket only root can open, one JSON response
-//! line back.
+//! line back. Both are serde-tagged enums, so each answer's type is part of
+//! the protocol, not a convention.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -12,7 +13,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Mode, Protocol};
+use crate::{
+    config::{Mode, Protocol},
+    report::{Flow, ServiceView, Stats},
+    state::Summary,
+};
 
 /// Default directory of the control socket and the daemon's state record.
 pub const DEFAULT_RUN_DIR: &str = "/run/forwarder";
@@ -81,28 +86,39 @@ pub enum Request {
     },
 }
 
-/// A response line: `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+/// A response line: `{"answer": "stats", "data": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "data", rename_all = "snake_case")]
+pub enum Response {
+    /// To `service_list`.
+    Services(Vec<ServiceView>),
+    Stats(Stats),
+    Flows(Vec<Flow>),
+    /// To every change: what it changed.
+    Changed(Summary),
+    /// The request was refused; why.
+    Refused(String),
 }
 
-impl Response {
-    pub fn ok(data: impl Serialize) -> Self {
-        match serde_json::to_value(data) {
-            Ok(data) => Self { ok: true, data: Some(data), error: None },
-            Err(err) => Self::error(format!("encoding the answer: {err}")),
+/// The data a request's answer carries, taken out of its [`Response`].
+pub trait Answer: Sized {
+    fn from_response(response: Response) -> Option<Self>;
+}
+
+macro_rules! answers {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl Answer for $ty {
+            fn from_response(response: Response) -> Option<Self> {
+                match response {
+                    Response::$variant(data) => Some(data),
+                    _ => None,
+                }
+            }
         }
-    }
-
-    pub fn error(message: impl Into<String>) -> Self {
-        Self { ok: false, data: None, error: Some(message.into()) }
-    }
+    )*};
 }
+
+answers!(Vec<ServiceView> => Services, Stats => Stats, Vec<Flow> => Flows, Summary => Changed);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -112,13 +128,26 @@ pub enum ClientError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("unreadable answer from the daemon: {0}")]
     Decode(serde_json::Error),
+    #[error("unexpected answer from the daemon: {0}")]
+    Unexpected(String),
     /// The daemon refused the request; the message says why.
     #[error("{0}")]
     Refused(String),
 }
 
-/// Sends `request` to the daemon using `run_dir` and returns its data.
-pub fn call(run_dir: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+/// Sends `request` to the daemon using `run_dir` and returns its answer.
+pub fn ask<T: Answer>(run_dir: &Path, request: &Request) -> Result<T, ClientError> {
+    match call(run_dir, request)? {
+        Response::Refused(reason) => Err(ClientError::Refused(reason)),
+        other => {
+            let text = serde_json::to_string(&other).unwrap_or_default();
+            T::from_response(other).ok_or(ClientError::Unexpected(text))
+        }
+    }
+}
+
+/// Sends `request` to the daemon using `run_dir` and returns its response.
+pub fn call(run_dir: &Path, request: &Request) -> Result<Response, ClientError> {
     let path = socket_path(run_dir);
     let stream = UnixStream::connect(&path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -133,9 +162,25 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<serde_json::Value, Clie
     (&stream).write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
-    let response: Response = serde_json::from_str(&answer).map_err(ClientError::Decode)?;
-    match response {
-        Response { ok: true, data, .. } => Ok(data.unwrap_or(serde_json::Value::Null)),
-        Response { error, .. } => Err(ClientError::Refused(error.unwrap_or_else(|| "refused".to_owned()))),
+    serde_json::from_str(&answer).map_err(ClientError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_carry_their_type() {
+        let text = serde_json::to_string(&Response::Changed(Summary::default())).unwrap();
+        assert_eq!(text, r#"{"answer":"changed","data":{"added":[],"changed":[],"removed":[]}}"#);
+        let back: Response = serde_json::from_str(&text).unwrap();
+        assert_eq!(Summary::from_response(back), Some(Summary::default()));
+        assert_eq!(Stats::from_response(Response::Refused("no".to_owned())), None);
+    }
+
+    #[test]
+    fn requests_are_tagged_by_op() {
+        let text = serde_json::to_string(&Request::Flows { service: None }).unwrap();
+        assert_eq!(text, r#"{"op":"flows","service":null}"#);
     }
 }

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
+pub use forwarder_common::counters::Traffic;
+
 use crate::config::{HealthSpec, Mode, Protocol};
 
 /// A backend's health as the checks see it.
@@ -50,24 +52,6 @@ pub struct BackendView {
     pub in_rotation: bool,
 }
 
-/// Totals since the service or backend was added.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub new_flows: u64,
-}
-
-impl From<forwarder_common::counters::Traffic> for Counters {
-    fn from(traffic: forwarder_common::counters::Traffic) -> Self {
-        let forwarder_common::counters::Traffic { packets_in, bytes_in, packets_out, bytes_out, new_flows } =
-            traffic;
-        Self { packets_in, bytes_in, packets_out, bytes_out, new_flows }
-    }
-}
-
 /// Per-second rates over the daemon's last sampling interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
@@ -81,7 +65,7 @@ pub struct Rates {
 impl Rates {
     /// Rates from two samples `seconds` apart.
     #[must_use]
-    pub fn between(old: &Counters, new: &Counters, seconds: f64) -> Self {
+    pub fn between(old: &Traffic, new: &Traffic, seconds: f64) -> Self {
         if seconds <= 0.0 {
             return Self::default();
         }
@@ -116,7 +100,7 @@ pub struct ServiceStats {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
-    pub totals: Counters,
+    pub totals: Traffic,
     pub rates: Rates,
     pub active_flows: u64,
     pub backends: Vec<BackendStats>,
@@ -128,7 +112,7 @@ pub struct BackendStats {
     pub weight: u32,
     pub health: Health,
     pub in_rotation: bool,
-    pub totals: Counters,
+    pub totals: Traffic,
     pub rates: Rates,
     pub active_flows: u64,
 }
@@ -151,7 +135,8 @@ pub struct Flow {
     /// -> backend.
     pub source: SocketAddrV4,
     pub backend: SocketAddrV4,
-    /// TCP: `syn_sent`, `established`, `fin_wait`, `closing`, `reset`; UDP: `active`.
+    /// `forwarder_common::conntrack::ConnState`'s name: TCP `syn_sent`,
+    /// `established`, `fin_wait`, `closing`, `reset`; UDP `active`.
     pub state: String,
     pub age_secs: f64,
     pub idle_secs: f64,

@@ -188,13 +188,19 @@ impl Lab {
     /// `services` (state pinned in the lab's bpffs, control socket in the
     /// lab's run directory) and waits until it forwards.
     pub fn start_forwarder(&self, services: &Path, extra: &[&str]) -> anyhow::Result<Process> {
+        let mut process = Process::spawn("forwarder", self.forwarder_command(services, extra))?;
+        process.wait_for("forwarding;", 1, Duration::from_secs(30))?;
+        Ok(process)
+    }
+
+    /// The `forwarder run` command [`Lab::start_forwarder`] starts.
+    #[must_use]
+    pub fn forwarder_command(&self, services: &Path, extra: &[&str]) -> Command {
         let mut cmd = self.forwarder.command(crate::forwarder_bin());
         cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"]).arg(services);
         cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir()).args(extra);
         cmd.env("RUST_LOG", "debug");
-        let mut process = Process::spawn("forwarder", cmd)?;
-        process.wait_for("forwarding;", 1, Duration::from_secs(30))?;
-        Ok(process)
+        cmd
     }
 
     /// Where the lab's daemon pins its state.

@@ -2,7 +2,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::{daemon, kernel::pins_remove_all, neigh};
+use crate::{
+    host::{Neighbours, Record, Sysctls, Vips, daemon_running},
+    kernel::{self, pins_remove_all},
+};
 
 /// Remove everything the forwarder left on this host: detach its programs,
 /// delete its pinned maps (and so its connection table), withdraw announced
@@ -18,30 +21,34 @@ pub struct DownArgs {
 impl DownArgs {
     pub fn execute(self, run_dir: &Path) -> anyhow::Result<()> {
         let Self { pin_dir } = self;
-        if daemon::daemon_running(run_dir) {
+        if daemon_running(run_dir) {
             anyhow::bail!(
                 "a forwarder daemon is running: stop it first (SIGTERM), then run `forwarder down`"
             );
         }
-        let record = daemon::load_record(run_dir)?.unwrap_or_default();
+        let record = Record::load(run_dir)?.unwrap_or_default();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             let (connection, handle, _) = rtnetlink::new_connection()?;
             tokio::spawn(connection);
-            for (iface, vip) in &record.announced {
-                if let Ok(index) = crate::kernel::ifindex(iface) {
-                    daemon::withdraw_vip(&handle, index, *vip).await;
+            let mut ifaces: Vec<&String> = record.announced.iter().map(|(iface, _)| iface).collect();
+            ifaces.sort();
+            ifaces.dedup();
+            for iface in ifaces {
+                if let Ok(index) = kernel::ifindex(iface) {
+                    let vips = record.announced.iter().filter(|(i, _)| i == iface).map(|(_, vip)| *vip);
+                    Vips::new(handle.clone(), iface.clone(), index, vips.collect::<Vec<_>>()).undo().await;
                 }
             }
-            neigh::remove(&handle, &record.neighbours).await;
+            Neighbours::new(handle, record.neighbours.clone()).undo().await;
             anyhow::Ok(())
         })?;
-        daemon::restore_forwarding(&record.forwarding);
+        Sysctls::new(record.forwarding.clone()).undo();
         let mut removed = pins_remove_all(&pin_dir)?;
         if record.pin_dir != pin_dir && !record.pin_dir.as_os_str().is_empty() {
             removed.extend(pins_remove_all(&record.pin_dir)?);
         }
-        daemon::remove_record(run_dir)?;
+        Record::remove(run_dir)?;
         println!(
             "removed {} pinned objects, {} VIPs, {} neighbour entries; restored {} sysctls",
             removed.len(),

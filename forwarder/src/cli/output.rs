@@ -3,18 +3,12 @@
 use std::path::Path;
 
 use comfy_table::{ContentArrangement, Table, presets::NOTHING};
-use serde::de::DeserializeOwned;
 
+pub use crate::control::ask;
 use crate::{
-    control::{Persist, Request, call},
+    control::{Persist, Request},
     state::Summary,
 };
-
-/// Sends `request` and decodes the answer's data as `T`.
-pub fn ask<T: DeserializeOwned>(run_dir: &Path, request: &Request) -> anyhow::Result<T> {
-    let data = call(run_dir, request)?;
-    Ok(serde_json::from_value(data)?)
-}
 
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

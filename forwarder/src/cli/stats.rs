@@ -5,7 +5,7 @@ use clap::Args;
 use super::output::{self, ask, print_json, si};
 use crate::{
     control::Request,
-    report::{Counters, Rates, Stats},
+    report::{Rates, Stats, Traffic},
 };
 
 /// Traffic per service and backend (like `ipvsadm -Ln --stats --rate`):
@@ -85,7 +85,7 @@ fn row(
     health: String,
     weight: String,
     connections: u64,
-    t: &Counters,
+    t: &Traffic,
     r: &Rates,
 ) -> Vec<String> {
     let mut cells = vec![what, health, weight, connections.to_string()];

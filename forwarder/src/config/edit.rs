@@ -1,19 +1,14 @@
-//! Editing a service file in place, keeping its comments and layout, and
-//! writing it atomically.
+//! Editing a service file in place, keeping its comments and layout.
 //!
 //! Every change made from the command line is an edit of the document;
 //! the edited text then goes through [`ServiceFile::parse`] like a file
 //! written by hand, so one set of rules validates both.
 
-use std::{
-    io::Write as _,
-    net::SocketAddrV4,
-    path::{Path, PathBuf},
-};
+use std::net::SocketAddrV4;
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
 
-use super::{BackendSpec, DEFAULT_WEIGHT, HealthKind, Service, ServiceFile};
+use super::{BackendSpec, DEFAULT_WEIGHT, Service, ServiceFile, health};
 
 /// A service file as a document that can be edited.
 #[derive(Clone, Debug)]
@@ -100,22 +95,7 @@ impl Editor {
         }
         table["backends"] = value(list);
         if let Some(health) = health {
-            let mut spec = InlineTable::new();
-            match &health.kind {
-                HealthKind::Tcp => spec.insert("kind", "tcp".into()),
-                HealthKind::Http { path } => {
-                    spec.insert("kind", "http".into());
-                    spec.insert("path", path.as_str().into())
-                }
-            };
-            if let Some(port) = health.port {
-                spec.insert("port", i64::from(port).into());
-            }
-            spec.insert("interval", humantime::format_duration(health.interval).to_string().into());
-            spec.insert("timeout", humantime::format_duration(health.timeout).to_string().into());
-            spec.insert("rise", i64::from(health.rise).into());
-            spec.insert("fall", i64::from(health.fall).into());
-            table["health"] = value(spec);
+            table["health"] = value(health::render(health));
         }
         self.services()?.push(table);
         Ok(())
@@ -232,29 +212,6 @@ fn find(list: &Array, addr: SocketAddrV4) -> Option<usize> {
     })
 }
 
-/// Replaces `path` with `text` so readers see the old file or the new one,
-/// never a mix: a temporary file in the same directory, synced, renamed
-/// over. The file's permissions are kept.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp: PathBuf = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&temp, meta.permissions())?;
-        }
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +231,7 @@ backends = [
 "#;
 
     fn parsed(editor: &Editor) -> ServiceFile {
-        ServiceFile::parse(Path::new("t.toml"), &editor.text()).expect("still valid")
+        ServiceFile::parse(std::path::Path::new("t.toml"), &editor.text()).expect("still valid")
     }
 
     #[test]
@@ -345,22 +302,7 @@ backends = [
             "protocol = \"tcp\"",
             "protocol = \"tcp\"\nmode = \"preserve\"\nhealth = { kind = \"http\", port = 32000, path = \"/healthz\" }",
         );
-        let file = ServiceFile::parse(Path::new("t.toml"), &text).unwrap();
+        let file = ServiceFile::parse(std::path::Path::new("t.toml"), &text).unwrap();
         assert_eq!(parsed(&Editor::render(&file)), file);
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_keeps_permissions() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("forwarder-edit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("services.toml");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomically(&path, "new").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

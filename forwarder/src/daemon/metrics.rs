@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use super::server::{Call, ask};
 use crate::{
-    control::Request,
-    report::{Counters, Health, Stats},
+    control::{Request, Response},
+    report::{Health, Stats, Traffic},
 };
 
 type Labels = Vec<(String, String)>;
@@ -55,10 +55,8 @@ async fn handle(
     if request.uri().path() != "/metrics" {
         return Ok(reply(StatusCode::NOT_FOUND, "see /metrics\n".to_owned()));
     }
-    let answer = ask(&calls, Request::Stats).await;
-    let stats = answer.data.and_then(|data| serde_json::from_value::<Stats>(data).ok());
-    Ok(match stats {
-        Some(stats) => {
+    Ok(match ask(&calls, Request::Stats).await {
+        Response::Stats(stats) => {
             let mut response = reply(StatusCode::OK, render(&stats));
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -66,7 +64,8 @@ async fn handle(
             );
             response
         }
-        None => reply(StatusCode::SERVICE_UNAVAILABLE, answer.error.unwrap_or_default()),
+        Response::Refused(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, reason),
+        other => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}")),
     })
 }
 
@@ -74,15 +73,15 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// Per-direction packet and byte counters, and new connections.
-struct Traffic {
+/// The metric families of one [`Traffic`] per service or backend.
+struct TrafficFamilies {
     packets: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     new_connections: Family<Labels, Counter>,
     connections: Family<Labels, Gauge>,
 }
 
-impl Traffic {
+impl TrafficFamilies {
     fn register(registry: &mut Registry, prefix: &str, what: &str) -> Self {
         let traffic = Self {
             packets: Family::default(),
@@ -113,16 +112,15 @@ impl Traffic {
         traffic
     }
 
-    fn set(&self, base: &[(&str, &str)], totals: &Counters, active: u64) {
-        for (direction, packets, bytes) in
-            [("in", totals.packets_in, totals.bytes_in), ("out", totals.packets_out, totals.bytes_out)]
-        {
+    fn set(&self, base: &[(&str, &str)], totals: &Traffic, active: u64) {
+        let Traffic { packets_in, bytes_in, packets_out, bytes_out, new_flows } = *totals;
+        for (direction, packets, bytes) in [("in", packets_in, bytes_in), ("out", packets_out, bytes_out)] {
             let mut with = base.to_vec();
             with.push(("direction", direction));
             self.packets.get_or_create(&labels(&with)).inc_by(packets);
             self.bytes.get_or_create(&labels(&with)).inc_by(bytes);
         }
-        self.new_connections.get_or_create(&labels(base)).inc_by(totals.new_flows);
+        self.new_connections.get_or_create(&labels(base)).inc_by(new_flows);
         self.connections.get_or_create(&labels(base)).set(active as i64);
     }
 }
@@ -131,8 +129,8 @@ impl Traffic {
 #[must_use]
 pub fn render(stats: &Stats) -> String {
     let mut registry = Registry::with_prefix("forwarder");
-    let services = Traffic::register(&mut registry, "service", "service");
-    let backends = Traffic::register(&mut registry, "backend", "backend");
+    let services = TrafficFamilies::register(&mut registry, "service", "service");
+    let backends = TrafficFamilies::register(&mut registry, "backend", "backend");
     let up: Family<Labels, Gauge> = Family::default();
     let in_rotation: Family<Labels, Gauge> = Family::default();
     let weight: Family<Labels, Gauge> = Family::default();
@@ -183,7 +181,7 @@ mod tests {
     #[test]
     fn renders_every_family() {
         let totals =
-            Counters { packets_in: 10, bytes_in: 1000, packets_out: 8, bytes_out: 4000, new_flows: 2 };
+            Traffic { packets_in: 10, bytes_in: 1000, packets_out: 8, bytes_out: 4000, new_flows: 2 };
         let stats = Stats {
             rate_interval_secs: 5.0,
             flows_age_secs: 1.0,

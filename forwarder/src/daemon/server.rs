@@ -29,7 +29,7 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) {
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => ask(&calls, request).await,
-            Err(err) => Response::error(format!("bad request: {err}")),
+            Err(err) => Response::Refused(format!("bad request: {err}")),
         };
         let mut text = serde_json::to_string(&response).expect("responses serialise");
         text.push('\n');
@@ -44,7 +44,7 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>) {
 pub async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Response {
     let (reply, answer) = oneshot::channel();
     if calls.send((request, reply)).await.is_err() {
-        return Response::error("the daemon is stopping");
+        return Response::Refused("the daemon is stopping".to_owned());
     }
-    answer.await.unwrap_or_else(|_| Response::error("the daemon is stopping"))
+    answer.await.unwrap_or_else(|_| Response::Refused("the daemon is stopping".to_owned()))
 }

@@ -7,36 +7,37 @@ use std::{collections::HashMap, time::Instant};
 use aya::maps::{MapData, PerCpuArray};
 use forwarder_common::counters::{Reason, Traffic};
 
-use super::{health::Checks, sweep::Sweep};
+use super::health::Checks;
 use crate::{
     config::ServiceFile,
+    conntrack::sweep::Sweep,
     kernel::Maps,
-    report::{BackendStats, BackendView, Counters, Rates, ReasonCount, ServiceStats, ServiceView, Stats},
-    state::Table,
+    report::{BackendStats, BackendView, Rates, ReasonCount, ServiceStats, ServiceView, Stats},
+    state::ServiceTable,
 };
 
 /// Counter totals per service id and backend id at one moment.
 #[derive(Clone, Debug)]
 pub struct Sample {
     at: Instant,
-    services: HashMap<u32, Counters>,
-    backends: HashMap<u32, Counters>,
+    services: HashMap<u32, Traffic>,
+    backends: HashMap<u32, Traffic>,
 }
 
-fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Counters {
+fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Traffic {
     let mut total = Traffic::default();
     if let Ok(values) = map.get(&id, 0) {
         for value in values.iter() {
             total.add(value);
         }
     }
-    total.into()
+    total
 }
 
 impl Sample {
     /// Reads the counters of every installed service and backend.
     #[must_use]
-    pub fn take(maps: &Maps, table: &Table) -> Self {
+    pub fn take(maps: &Maps, table: &ServiceTable) -> Self {
         let mut sample = Self { at: Instant::now(), services: HashMap::new(), backends: HashMap::new() };
         for service in table.services().values() {
             sample.services.insert(service.id, sum(&maps.service_traffic, service.id));
@@ -67,7 +68,7 @@ impl Sampler {
         }
     }
 
-    fn rates(&self, pick: impl Fn(&Sample) -> Option<Counters>) -> Rates {
+    fn rates(&self, pick: impl Fn(&Sample) -> Option<Traffic>) -> Rates {
         match (self.previous.as_ref().and_then(&pick), self.latest.as_ref().and_then(&pick)) {
             (Some(old), Some(new)) => Rates::between(&old, &new, self.interval()),
             _ => Rates::default(),
@@ -110,7 +111,7 @@ pub fn services(desired: &ServiceFile, checks: &Checks) -> Vec<ServiceView> {
 pub fn stats(
     desired: &ServiceFile,
     checks: &Checks,
-    table: &Table,
+    table: &ServiceTable,
     maps: &Maps,
     sampler: &Sampler,
     sweep: &Sweep,
@@ -124,7 +125,7 @@ pub fn stats(
                 .backends
                 .iter()
                 .filter_map(|b| {
-                    let id = service.backends.iter().find(|i| i.spec.addr == b.addr)?.id;
+                    let id = service.backends.iter().find(|i| i.addr == b.addr)?.id;
                     Some(BackendStats {
                         addr: b.addr,
                         weight: b.weight,

@@ -31,11 +31,13 @@ pub enum AttachMode {
 pub(super) struct Held {
     link: FdLink,
     pin: PathBuf,
+    /// Taken over from an earlier daemon's pin (else made by this one).
+    adopted: bool,
 }
 
 impl Held {
     fn release(self, detach: bool) {
-        let Self { link, pin } = self;
+        let Self { link, pin, adopted: _ } = self;
         if detach && let Err(err) = std::fs::remove_file(&pin) {
             warn!(pin = %pin.display(), "removing link pin: {err}");
         }
@@ -74,6 +76,7 @@ impl Kernel {
                 held.push(Held {
                     link: FdLink::try_from(link).map_err(|e| pin_err("xdp", iface, e))?,
                     pin: pin.clone(),
+                    adopted: true,
                 });
                 Attachment::Adopted
             }
@@ -111,6 +114,7 @@ impl Kernel {
                 held.push(Held {
                     link: FdLink::try_from(link).map_err(|e| pin_err("tc", iface, e))?,
                     pin: pin.clone(),
+                    adopted: true,
                 });
             }
             _ => {
@@ -150,10 +154,22 @@ impl Kernel {
 
     /// Detaches from every interface (the pinned maps stay, for a later
     /// daemon to adopt).
-    pub fn detach(mut self) {
+    pub fn detach_all(&mut self) {
         for attached in self.links.drain(..) {
             for held in attached.held {
                 held.release(true);
+            }
+        }
+    }
+
+    /// Undoes a start that failed: detaches the links this daemon made and
+    /// leaves the ones it adopted, so a predecessor's datapath (now running
+    /// this program, on the same maps) keeps forwarding.
+    pub fn abort(mut self) {
+        for attached in self.links.drain(..) {
+            for held in attached.held {
+                let fresh = !held.adopted;
+                held.release(fresh);
             }
         }
     }
@@ -180,7 +196,7 @@ fn adopt(pin: &PathBuf) -> Result<FdLink, KernelError> {
 
 fn pin_link(link: FdLink, pin: &PathBuf, kind: &'static str, iface: &str) -> Result<Held, KernelError> {
     let pinned = link.pin(pin).map_err(|e| pin_err(kind, iface, e))?;
-    Ok(Held { link: FdLink::from(pinned), pin: pin.clone() })
+    Ok(Held { link: FdLink::from(pinned), pin: pin.clone(), adopted: false })
 }
 
 fn pin_err(kind: &'static str, iface: &str, err: impl std::fmt::Display) -> KernelError {

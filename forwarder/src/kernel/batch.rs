@@ -5,13 +5,33 @@
 //! grace period after every update of a map-of-maps (milliseconds each),
 //! but only once per batch (Linux 6.7+).
 
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
+use aya::{Pod, maps::MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
+
+fn io_error(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+/// Checks that `K` (and `V`, if any) are the map's key and value sizes, as
+/// aya's typed maps do: the kernel reads `count` elements of those sizes.
+fn check_sizes<K, V>(map: &MapData, with_values: bool) -> std::io::Result<()> {
+    let info = map.info().map_err(|err| io_error(err.to_string()))?;
+    let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+    if key != size_of::<K>() || (with_values && value != size_of::<V>()) {
+        return Err(io_error(format!(
+            "batch of {}-byte keys / {}-byte values for a map of {key} / {value}",
+            size_of::<K>(),
+            size_of::<V>()
+        )));
+    }
+    Ok(())
+}
 
 fn batch(
     cmd: bpf_cmd,
-    map: BorrowedFd<'_>,
+    map: &MapData,
     keys: *const u8,
     values: *const u8,
     count: usize,
@@ -23,21 +43,26 @@ fn batch(
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.batch.keys = keys as u64;
     attr.batch.values = values as u64;
-    attr.batch.count = count as u32;
-    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.count = u32::try_from(count).map_err(|_| io_error(format!("a batch of {count}")))?;
+    attr.batch.map_fd = map.fd().as_fd().as_raw_fd() as u32;
     // SAFETY: `attr` is a valid bpf_attr; keys and values point to `count`
-    // elements of the map's key and value sizes, alive for the call.
+    // elements of the map's key and value sizes (checked by the callers),
+    // alive for the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, &attr, size_of::<bpf_attr>()) };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Sets `keys[i]` to `values[i]` for every i, in one call.
-pub fn update<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> std::io::Result<()> {
-    assert_eq!(keys.len(), values.len());
+pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> std::io::Result<()> {
+    if keys.len() != values.len() {
+        return Err(io_error(format!("{} keys for {} values", keys.len(), values.len())));
+    }
+    check_sizes::<K, V>(map, true)?;
     batch(bpf_cmd::BPF_MAP_UPDATE_BATCH, map, keys.as_ptr().cast(), values.as_ptr().cast(), keys.len())
 }
 
 /// Deletes `keys`, in one call. Every key must exist.
-pub fn delete<K>(map: BorrowedFd<'_>, keys: &[K]) -> std::io::Result<()> {
+pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> std::io::Result<()> {
+    check_sizes::<K, ()>(map, false)?;
     batch(bpf_cmd::BPF_MAP_DELETE_BATCH, map, keys.as_ptr().cast(), std::ptr::null(), keys.len())
 }

@@ -15,8 +15,6 @@ pub use pins::{PinError, Pins, remove_all as pins_remove_all};
 /// Where the daemon pins its maps and links by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/forwarder";
 
-use std::ffi::CString;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
@@ -24,7 +22,10 @@ use aya::{
 };
 use forwarder_common::{
     counters::Traffic,
-    maps::{Backend, BackendKey, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, names, programs},
+    maps::{
+        Backend, BackendKey, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, backend_entries, names,
+        programs,
+    },
 };
 use tracing::warn;
 
@@ -180,7 +181,7 @@ impl Kernel {
             .map_max_entries(names::SERVICES, max_services)
             .map_max_entries(names::MAGLEV, max_tables)
             .map_max_entries(names::SERVICE_TRAFFIC, max_services)
-            .map_max_entries(names::BACKENDS, max_backends.saturating_mul(2))
+            .map_max_entries(names::BACKENDS, backend_entries(max_backends))
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
             .override_global(aya_log::LEVEL, &level, false)
@@ -248,12 +249,7 @@ impl Kernel {
 
 /// The index of interface `name`.
 pub fn ifindex(name: &str) -> Result<u32, KernelError> {
-    let c_name = CString::new(name).map_err(|_| KernelError::NoSuchInterface(name.to_owned()))?;
-    // SAFETY: a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-        0 => Err(KernelError::NoSuchInterface(name.to_owned())),
-        index => Ok(index),
-    }
+    nix::net::if_::if_nametoindex(name).map_err(|_| KernelError::NoSuchInterface(name.to_owned()))
 }
 
 /// Forwards the datapath's log records to `tracing` (through `log`).

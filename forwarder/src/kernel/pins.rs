@@ -1,32 +1,27 @@
 //! Where the datapath's state lives in bpffs: `PIN_DIR/vN/maps/NAME` and
 //! `PIN_DIR/vN/links/{xdp,tc}-IFACE`, N being the map layout version.
 
-use std::{
-    ffi::CString,
-    os::unix::ffi::OsStrExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::maps::MapData;
 use forwarder_common::{
     counters::Traffic,
     maps::{
-        Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings, names,
+        Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings,
+        backend_entries, names,
     },
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Capacity;
-
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+use crate::host::{BpfFs, BpfFsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: std::io::Error },
-    #[error("mounting bpffs on {}: {error}", path.display())]
-    Mount { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    BpfFs(#[from] BpfFsError),
     #[error(
         "{} holds datapath state of another version (layout v{found}, this is v{LAYOUT_VERSION}): \
          stop that daemon and run `forwarder down` first",
@@ -51,7 +46,7 @@ impl Pins {
     /// Prepares `pin_dir` (mounting bpffs there if it is on another file
     /// system) and refuses state left by another layout version.
     pub fn open(pin_dir: &Path) -> Result<Self, PinError> {
-        ensure_bpffs(pin_dir)?;
+        BpfFs::mount(pin_dir)?;
         for entry in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
             let entry = entry.map_err(io(pin_dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -105,7 +100,12 @@ impl Pins {
                 size_of::<ServiceEntry>(),
                 Some(capacity.max_services),
             ),
-            (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend>(), Some(capacity.max_backends * 2)),
+            (
+                names::BACKENDS,
+                size_of::<BackendKey>(),
+                size_of::<Backend>(),
+                Some(backend_entries(capacity.max_backends)),
+            ),
             (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>(), Some(capacity.max_flow_entries)),
             (names::SERVICE_TRAFFIC, 4, size_of::<Traffic>(), None),
             (names::BACKEND_TRAFFIC, 4, size_of::<Traffic>(), None),
@@ -135,32 +135,6 @@ impl Pins {
         }
         Ok(true)
     }
-}
-
-/// Makes sure `dir` exists on a bpffs, mounting one on it if not (as under
-/// `ip netns exec`, which remounts /sys). A bpffs mounted here lasts as long
-/// as this mount namespace.
-fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if is_bpffs(dir) {
-        return Ok(());
-    }
-    let c_dir = CString::new(dir.as_os_str().as_bytes()).expect("paths have no NUL");
-    // SAFETY: valid NUL-terminated strings; no mount data.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c_dir.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(PinError::Mount { path: dir.to_owned(), error: std::io::Error::last_os_error() });
-    }
-    info!(dir = %dir.display(), "mounted bpffs");
-    Ok(())
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    let c_path = CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL");
-    // SAFETY: a zeroed statfs is a valid out-parameter.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out-parameter.
-    unsafe { libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC }
 }
 
 /// Removes every pin below `pin_dir`, of any layout version: links first

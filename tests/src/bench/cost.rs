@@ -19,7 +19,7 @@ use etherparse::PacketBuilder;
 use forwarder::{
     config::ServiceFile,
     kernel::{BENCH_FORWARD, Capacity, Kernel},
-    state::Table,
+    state::ServiceTable,
 };
 use forwarder_common::bench::{FRAME_LEN, GenConfig};
 
@@ -150,7 +150,7 @@ impl Timer {
                 ..Capacity::default()
             };
             let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;
-            let mut table = Table::new(capacity, None)?;
+            let mut table = ServiceTable::new(capacity, None)?;
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
             let config = GenConfig { frame: template()?, flows, vips: services };

@@ -12,7 +12,7 @@ use aya::{
 use forwarder::{
     config::ServiceFile,
     kernel::{AttachMode, Capacity, Kernel},
-    state::Table,
+    state::ServiceTable,
 };
 use forwarder_common::bench::BounceConfig;
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,7 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
                 let capacity = Capacity { max_flow_entries, ..Capacity::default() };
                 let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;
                 let file = ServiceFile::parse(Path::new("bench.toml"), &services(mode))?;
-                let mut table = Table::new(capacity, None)?;
+                let mut table = ServiceTable::new(capacity, None)?;
                 table.apply(&file, &mut kernel.maps)?;
                 kernel.attach("f0", AttachMode::Native)?;
                 kernel.attach("f1", AttachMode::Native)?;

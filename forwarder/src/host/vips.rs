@@ -11,65 +11,75 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 
+use super::Owned;
 use crate::config::ServiceFile;
 
-const EEXIST: i32 = 17;
-
-pub struct Announcer {
+/// The VIPs this daemon added to one interface.
+pub struct Vips {
     handle: Handle,
     iface: String,
     ifindex: u32,
-    /// Addresses this daemon (or its predecessor) added.
-    added: BTreeSet<Ipv4Addr>,
+    owned: Owned<Ipv4Addr>,
 }
 
-impl Announcer {
+impl Vips {
+    /// Announces on `iface`; `inherited` were added by an earlier daemon.
     pub fn new(
         handle: Handle,
         iface: String,
         ifindex: u32,
         inherited: impl IntoIterator<Item = Ipv4Addr>,
     ) -> Self {
-        Self { handle, iface, ifindex, added: inherited.into_iter().collect() }
+        Self { handle, iface, ifindex, owned: Owned::inheriting(inherited) }
     }
 
+    /// What is owned, as the state record lists it.
     #[must_use]
-    pub fn added(&self) -> Vec<(String, Ipv4Addr)> {
-        self.added.iter().map(|addr| (self.iface.clone(), *addr)).collect()
+    pub fn owned(&self) -> Vec<(String, Ipv4Addr)> {
+        self.owned.all().into_iter().map(|addr| (self.iface.clone(), addr)).collect()
     }
 
     /// Adds the VIPs of `file` not yet announced and removes the ones no
     /// service uses any more.
     pub async fn reconcile(&mut self, file: &ServiceFile) {
         let wanted: BTreeSet<Ipv4Addr> = file.services.iter().map(|s| s.vip).collect();
-        for vip in wanted.difference(&self.added.clone()) {
+        for vip in &wanted {
+            if self.owned.contains(vip) {
+                continue;
+            }
             match self.handle.address().add(self.ifindex, (*vip).into(), 32).execute().await {
                 Ok(()) => {
                     info!(%vip, iface = %self.iface, "announcing VIP");
-                    self.added.insert(*vip);
+                    self.owned.add(*vip);
                 }
                 // Already there (configured by hand): not ours to remove.
-                Err(rtnetlink::Error::NetlinkError(err)) if err.raw_code() == -EEXIST => {}
+                Err(rtnetlink::Error::NetlinkError(err)) if err.raw_code() == -libc::EEXIST => {}
                 Err(err) => warn!(%vip, iface = %self.iface, "cannot add VIP: {err}"),
             }
         }
-        let stale: Vec<Ipv4Addr> = self.added.difference(&wanted).copied().collect();
-        for vip in stale {
+        for vip in self.owned.all().into_iter().filter(|vip| !wanted.contains(vip)) {
             remove(&self.handle, self.ifindex, vip).await;
-            self.added.remove(&vip);
+            self.owned.forget(&vip);
         }
     }
 
-    /// Removes every VIP this daemon announced.
-    pub async fn withdraw_all(&mut self) {
-        for vip in std::mem::take(&mut self.added) {
+    /// Removes every VIP owned.
+    pub async fn undo(&mut self) {
+        for vip in self.owned.take(false) {
+            remove(&self.handle, self.ifindex, vip).await;
+        }
+    }
+
+    /// Removes the VIPs this process added, keeping inherited ones.
+    pub async fn undo_own(&mut self) {
+        for vip in self.owned.take(true) {
             remove(&self.handle, self.ifindex, vip).await;
         }
     }
 }
 
 /// Removes `vip`/32 from interface `ifindex`.
-pub async fn remove(handle: &Handle, ifindex: u32, vip: Ipv4Addr) {
+async fn remove(handle: &Handle, ifindex: u32, vip: Ipv4Addr) {
     let found: Result<Vec<AddressMessage>, _> =
         handle.address().get().set_link_index_filter(ifindex).execute().try_collect().await;
     let Ok(messages) = found else { return };

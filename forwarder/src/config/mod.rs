@@ -90,6 +90,17 @@ pub enum Mode {
     Preserve,
 }
 
+impl Mode {
+    /// The mode as the datapath's service entries hold it.
+    #[must_use]
+    pub const fn nat_mode(self) -> forwarder_common::maps::NatMode {
+        match self {
+            Mode::Snat => forwarder_common::maps::NatMode::Snat,
+            Mode::Preserve => forwarder_common::maps::NatMode::Preserve,
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

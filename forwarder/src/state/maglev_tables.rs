@@ -9,11 +9,13 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
+    num::NonZeroUsize,
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
 use aya::maps::{Map, MapData};
-use forwarder_common::maps::MAGLEV_INNER_FLAGS;
+use forwarder_common::maps::{MAGLEV_INNER_FLAGS, names};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::{ApplyError, InstalledBackend, ids::IdPool};
 use crate::{kernel::batch, maglev};
@@ -21,20 +23,20 @@ use crate::{kernel::batch, maglev};
 /// What makes two tables the same: length, and each backend's node
 /// address (with its rank among backends on that address) and weight.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TableKey {
+pub struct MaglevKey {
     len: u32,
     members: Vec<(Ipv4Addr, u16, u32)>,
 }
 
-impl TableKey {
+impl MaglevKey {
     /// The key of a table for `backends`, in canonical order.
     #[must_use]
     pub fn of(backends: &[InstalledBackend]) -> Self {
         let mut members = Vec::with_capacity(backends.len());
         for (i, backend) in backends.iter().enumerate() {
-            let ip = *backend.spec.addr.ip();
-            let rank = backends[..i].iter().filter(|b| *b.spec.addr.ip() == ip).count() as u16;
-            members.push((ip, rank, backend.spec.weight));
+            let ip = *backend.addr.ip();
+            let rank = backends[..i].iter().filter(|b| *b.addr.ip() == ip).count() as u16;
+            members.push((ip, rank, backend.weight));
         }
         Self { len: maglev::table_len(backends.len()), members }
     }
@@ -63,12 +65,12 @@ impl TableKey {
 
 /// The tables in the `MAGLEV` map: id and how many services use each.
 #[derive(Debug)]
-pub struct Tables {
-    by_key: HashMap<TableKey, (u32, usize)>,
+pub struct MaglevTables {
+    by_key: HashMap<MaglevKey, (u32, usize)>,
     ids: IdPool,
 }
 
-impl Tables {
+impl MaglevTables {
     #[must_use]
     pub fn new(ids: IdPool) -> Self {
         Self { by_key: HashMap::new(), ids }
@@ -78,8 +80,8 @@ impl Tables {
     /// existing one, or a new id (not yet counted as used).
     pub fn find_or_allocate(
         &mut self,
-        key: &TableKey,
-        pending: &mut Vec<(TableKey, u32)>,
+        key: &MaglevKey,
+        pending: &mut Vec<(MaglevKey, u32)>,
     ) -> Result<u32, ApplyError> {
         if let Some((id, _)) = self.by_key.get(key) {
             return Ok(*id);
@@ -93,14 +95,14 @@ impl Tables {
     }
 
     /// Gives back ids allocated by a plan that was not committed.
-    pub fn forget(&mut self, pending: Vec<(TableKey, u32)>) {
+    pub fn forget(&mut self, pending: Vec<(MaglevKey, u32)>) {
         for (_, id) in pending {
             self.ids.give_back(id);
         }
     }
 
     /// Builds `pending` tables and adds them to `MAGLEV` in one batch.
-    pub fn install(&mut self, maglev: &Map, pending: Vec<(TableKey, u32)>) -> Result<(), ApplyError> {
+    pub fn install(&mut self, maglev: &Map, pending: Vec<(MaglevKey, u32)>) -> Result<(), ApplyError> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -108,9 +110,9 @@ impl Tables {
             pending.iter().map(|(key, _)| new_table(&key.build())).collect::<Result<_, _>>()?;
         let ids: Vec<u32> = pending.iter().map(|(_, id)| *id).collect();
         let fds: Vec<u32> = maps.iter().map(|map| map.fd().as_fd().as_raw_fd() as u32).collect();
-        if let Err(err) = batch::update(outer_fd(maglev), &ids, &fds) {
+        if let Err(err) = batch::update(maglev_data(maglev), &ids, &fds) {
             self.forget(pending);
-            return Err(ApplyError::Batch { map: "MAGLEV", error: err });
+            return Err(ApplyError::Batch { map: names::MAGLEV, error: err });
         }
         for (key, id) in pending {
             self.by_key.insert(key, (id, 0));
@@ -138,7 +140,8 @@ impl Tables {
 
     /// Removes tables from `MAGLEV` in one batch and frees their ids.
     pub fn remove(&mut self, maglev: &Map, ids: Vec<u32>) -> Result<(), ApplyError> {
-        batch::delete(outer_fd(maglev), &ids).map_err(|error| ApplyError::Batch { map: "MAGLEV", error })?;
+        batch::delete(maglev_data(maglev), &ids)
+            .map_err(|error| ApplyError::Batch { map: names::MAGLEV, error })?;
         for id in ids {
             self.ids.give_back(id);
         }
@@ -152,9 +155,9 @@ impl Tables {
     }
 }
 
-fn outer_fd(maglev: &Map) -> std::os::fd::BorrowedFd<'_> {
+fn maglev_data(maglev: &Map) -> &MapData {
     match maglev {
-        Map::HashOfMaps(data) => data.fd().as_fd(),
+        Map::HashOfMaps(data) => data,
         other => unreachable!("MAGLEV is a hash of maps, not {other:?}"),
     }
 }
@@ -171,38 +174,38 @@ pub fn new_table(slots: &[u32]) -> Result<MapData, ApplyError> {
         MAGLEV_INNER_FLAGS,
     );
     let map = MapData::create(obj, "maglev_table", None)
-        .map_err(|source| ApplyError::Map { map: "MAGLEV inner", source })?;
+        .map_err(|source| ApplyError::Map { map: "MAGLEV inner table", source })?;
     // Array elements are laid out `round_up(value_size, 8)` bytes apart.
     const STRIDE: usize = 8;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let bytes = (slots.len() * STRIDE).div_ceil(page) * page;
-    let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: mapping a BPF_F_MMAPABLE array whose data area is `len`
-    // elements of STRIDE bytes rounded up to whole pages; every write is
-    // inside it, and it is unmapped before returning.
-    unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
+    let page =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |p| p as usize);
+    let bytes = NonZeroUsize::new((slots.len() * STRIDE).div_ceil(page) * page)
+        .expect("a Maglev table has at least one slot");
+    // SAFETY: mapping a fresh BPF_F_MMAPABLE array whose data area is
+    // `len` elements of STRIDE bytes rounded up to whole pages; nothing
+    // else maps or uses it yet.
+    let ptr = unsafe {
+        mmap(
+            None,
             bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            map.fd().as_fd(),
             0,
-        );
-        if ptr == libc::MAP_FAILED {
-            return Err(ApplyError::Mmap(std::io::Error::last_os_error()));
-        }
-        let base = ptr.cast::<u8>();
-        for (i, index) in slots.iter().enumerate() {
-            base.add(i * STRIDE).cast::<u32>().write(*index);
-        }
-        libc::munmap(ptr, bytes);
+        )
     }
+    .map_err(ApplyError::Mmap)?;
+    let base = ptr.cast::<u8>();
+    for (i, index) in slots.iter().enumerate() {
+        // SAFETY: `i * STRIDE + 4 <= len * STRIDE <= bytes`: inside the mapping.
+        unsafe { base.add(i * STRIDE).cast::<u32>().write(*index) };
+    }
+    // SAFETY: the mapping made above, unmapped once; no reference into it survives.
+    unsafe { munmap(ptr, bytes.get()) }.map_err(ApplyError::Mmap)?;
     Ok(map)
 }
 
 /// Deletes `ids` from `MAGLEV` (tables nobody recorded), in one batch.
 pub fn remove_unknown(maglev: &Map, ids: &[u32]) -> Result<(), ApplyError> {
-    batch::delete(outer_fd(maglev), ids).map_err(|error| ApplyError::Batch { map: "MAGLEV", error })
+    batch::delete(maglev_data(maglev), ids).map_err(|error| ApplyError::Batch { map: names::MAGLEV, error })
 }

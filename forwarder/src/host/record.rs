@@ -2,6 +2,10 @@
 //! what this daemon (or the one it took over from) installed and changed on
 //! the host, so a restarted daemon keeps the same ids and `forwarder down`
 //! can undo everything after a crash.
+//!
+//! The record is versioned apart from the pinned maps' layout: fields may
+//! be added (with defaults, so an older record still reads), and a daemon
+//! refuses a record of a newer version than its own.
 
 use std::{
     net::Ipv4Addr,
@@ -12,22 +16,43 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
-use crate::{config::edit::write_atomically, control, neigh::NextHop, state::InstalledService};
+use super::Neighbour;
+use crate::{control, files::write_atomically, state::InstalledService};
 
 const RECORD: &str = "state.json";
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Version of the record's own format. Bump it when a field changes
+/// meaning or is removed; a new field with a default needs no bump.
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Record {
+    pub version: u32,
     /// Layout version of the pinned maps this record describes.
     pub layout: u32,
     pub pin_dir: PathBuf,
     pub services: Vec<InstalledService>,
     /// Managed neighbour entries added.
-    pub neighbours: Vec<NextHop>,
+    pub neighbours: Vec<Neighbour>,
     /// VIPs added to interfaces (`--announce`).
     pub announced: Vec<(String, Ipv4Addr)>,
     /// `forwarding` sysctls switched on, to switch off again.
     pub forwarding: Vec<PathBuf>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            version: RECORD_VERSION,
+            layout: 0,
+            pin_dir: PathBuf::new(),
+            services: Vec::new(),
+            neighbours: Vec::new(),
+            announced: Vec::new(),
+            forwarding: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +63,12 @@ pub enum RecordError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{}: {error}", path.display())]
     Decode { path: PathBuf, error: serde_json::Error },
+    #[error(
+        "{}: written by a newer forwarder (record v{found}, this is v{RECORD_VERSION}): \
+         run that version's `forwarder down` first",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: u32 },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
@@ -85,12 +116,28 @@ pub fn daemon_running(dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(control::socket_path(dir)).is_ok()
 }
 
-/// The record left in `dir`, if any.
-pub fn load(dir: &Path) -> Result<Option<Record>, RecordError> {
+impl Record {
+    /// The record left in `dir`, if any.
+    pub fn load(dir: &Path) -> Result<Option<Self>, RecordError> {
+        load(dir)
+    }
+
+    /// Deletes the record and the socket in `dir` (after `forwarder down`).
+    pub fn remove(dir: &Path) -> Result<(), RecordError> {
+        remove(dir)
+    }
+}
+
+fn load(dir: &Path) -> Result<Option<Record>, RecordError> {
     let path = dir.join(RECORD);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|error| RecordError::Decode { path, error })
+            let record: Record = serde_json::from_str(&text)
+                .map_err(|error| RecordError::Decode { path: path.clone(), error })?;
+            if record.version > RECORD_VERSION {
+                return Err(RecordError::Newer { path, found: record.version });
+            }
+            Ok(Some(record))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io(&path)(err)),
@@ -100,11 +147,10 @@ pub fn load(dir: &Path) -> Result<Option<Record>, RecordError> {
 fn save(dir: &Path, record: &Record) -> Result<(), RecordError> {
     let path = dir.join(RECORD);
     let text = serde_json::to_string_pretty(record).expect("records serialise");
-    write_atomically(&path, &text).map_err(io(&path))
+    write_atomically(&path, text.as_bytes()).map_err(io(&path))
 }
 
-/// Deletes the record and the socket (after `forwarder down`).
-pub fn remove(dir: &Path) -> Result<(), RecordError> {
+fn remove(dir: &Path) -> Result<(), RecordError> {
     for path in [dir.join(RECORD), control::socket_path(dir)] {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -113,4 +159,35 @@ pub fn remove(dir: &Path) -> Result<(), RecordError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_with_unknown_and_missing_fields_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            r#"{"version": 1, "layout": 3, "pin_dir": "/sys/fs/bpf/forwarder", "added_later": [1, 2]}"#;
+        std::fs::write(dir.path().join(RECORD), text).unwrap();
+        let record = load(dir.path()).unwrap().unwrap();
+        assert_eq!((record.layout, record.services.len(), record.forwarding.len()), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_newer_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RECORD), r#"{"version": 99}"#).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("written by a newer forwarder (record v99, this is v1)"), "{err}");
+    }
+
+    #[test]
+    fn saved_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record { layout: 3, forwarding: vec!["/proc/x".into()], ..Record::default() };
+        save(dir.path(), &record).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(record));
+    }
 }

@@ -1,0 +1,38 @@
+//! What the daemon changes on the host besides its BPF objects, and must
+//! either undo (a stop, `forwarder down`) or leave for a successor to adopt
+//! (a hand-over, a crash): managed neighbour entries, announced VIPs,
+//! forwarding sysctls, the bpffs mount and the state record that lists
+//! them all.
+//!
+//! Each change is a small type with the same verbs, used the same way by
+//! `run`, by restarts and by `down`:
+//!
+//! * `new(.., inherited)`: take over what a predecessor's record lists;
+//! * the change itself (`ensure`, `reconcile`, `enable`, `mount`), which
+//!   only ever adds to what the type [`Owned`];
+//! * `owned()`: everything it owns now, for the state record;
+//! * `undo()`: remove all of it (a stop, or `forwarder down`, which builds
+//!   each type from the record alone);
+//! * `undo_own()`: remove only what this process added, leaving what it
+//!   inherited (a start that failed after a predecessor's datapath was
+//!   adopted must leave that datapath working).
+//!
+//! Handing over is dropping without undoing: nothing here undoes itself on
+//! drop, so what happens to the host is always an explicit call.
+
+mod bpffs;
+mod neighbours;
+mod owned;
+mod record;
+pub mod routes;
+mod sysctl;
+mod vips;
+
+pub use self::{
+    bpffs::{BpfFs, BpfFsError},
+    neighbours::{NeighError, Neighbour, Neighbours},
+    owned::Owned,
+    record::{Record, RecordError, RunDir, daemon_running},
+    sysctl::{SysctlError, Sysctls},
+    vips::Vips,
+};

@@ -1,0 +1,106 @@
+//! Restarts, hand-overs and `forwarder down`: what survives and what is left.
+
+use super::*;
+
+/// The XDP program on an interface, from `ip -d link`.
+fn xdp_prog_id(lab: &Lab, iface: &str) -> Option<String> {
+    let text = lab.forwarder.ip(&format!("-d link show {iface}")).unwrap();
+    let at = text.find("prog/xdp id ")?;
+    Some(text[at + 12..].split_whitespace().next()?.to_owned())
+}
+
+/// Open connections keep exchanging data across a SIGKILL of the daemon
+/// and a restart, and across a hand-over (SIGUSR2) and a restart; each
+/// restart swaps a new program in (an upgrade) without a gap: a client
+/// requesting all along sees no failure.
+#[test]
+fn connections_survive_kill_and_handover_restarts() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
+    let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let mut kept = open_connections(&lab, 8);
+    let before = nodes_of(&mut kept);
+    let load = Load::start(&lab.client, WEB, PAUSE);
+
+    for signal in [libc::SIGKILL, libc::SIGUSR2] {
+        let program = xdp_prog_id(&lab, LAN_IFACE).expect("attached");
+        forwarder.signal(signal);
+        let status = forwarder.wait(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.success(), signal == libc::SIGUSR2, "{status}");
+        // No daemon: the datapath forwards on.
+        assert_eq!(xdp_prog_id(&lab, LAN_IFACE).as_ref(), Some(&program));
+        assert_eq!(nodes_of(&mut kept), before, "open connections work with no daemon");
+        let fresh: Vec<_> = lab.client.enter(|| (0..10).map(|_| http_get(WEB)).collect());
+        assert!(fresh.iter().all(Result::is_ok), "new connections work with no daemon: {fresh:?}");
+
+        forwarder = lab.start_forwarder(&path, &[]).unwrap();
+        assert!(forwarder.output().contains("adopted=true"), "{}", forwarder.output());
+        let upgraded = xdp_prog_id(&lab, LAN_IFACE).expect("still attached");
+        assert_ne!(upgraded, program, "the new daemon's program runs");
+        assert_eq!(nodes_of(&mut kept), before, "open connections keep their node after the restart");
+    }
+    let report = load.stop();
+    eprintln!("restarts: {} requests, {} failed", report.answers.len(), report.failures.len());
+    assert!(report.failures.is_empty(), "failed requests: {:?}", report.failures);
+    forwarder.stop().unwrap();
+}
+
+/// `forwarder down` after a crash removes everything left behind.
+#[test]
+fn down_removes_what_a_killed_daemon_left() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
+    let forwarder = lab.start_forwarder(&path, &["--announce", CLIENT_IFACE]).unwrap();
+    let managed = || lab.forwarder.ip("-d neigh show").unwrap().matches("managed").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while managed() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    forwarder.signal(libc::SIGKILL);
+    forwarder.wait(Duration::from_secs(10)).unwrap();
+    let (code, _, stderr) = lab.cli(&["down", "--pin-dir", lab.pin_dir().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    for iface in [CLIENT_IFACE, LAN_IFACE] {
+        assert_eq!(xdp_prog_id(&lab, iface), None, "{iface} detached");
+    }
+    assert_eq!(managed(), 0);
+    assert!(!lab.forwarder.ip(&format!("addr show {CLIENT_IFACE}")).unwrap().contains("10.0.100.10/32"));
+    let forwarding =
+        lab.forwarder.exec("cat", &format!("/proc/sys/net/ipv4/conf/{LAN_IFACE}/forwarding")).unwrap();
+    assert_eq!(forwarding.trim(), "0");
+    assert_eq!(std::fs::read_dir(lab.pin_dir()).map(Iterator::count).unwrap_or(0), 0, "no pins left");
+    assert!(lab.client.enter(|| http_get(WEB)).is_err(), "nothing forwards any more");
+}
+
+/// A successor that fails to start after a crash (here: a capacity too
+/// small for the service file) leaves the host as it found it: the
+/// predecessor's datapath keeps forwarding, the sysctls it switched on stay
+/// on, held and new connections work; the next good start adopts it all.
+#[test]
+fn a_failed_restart_leaves_the_datapath_forwarding() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let mut kept = open_connections(&lab, 4);
+    let before = nodes_of(&mut kept);
+    forwarder.signal(libc::SIGKILL);
+    forwarder.wait(Duration::from_secs(10)).unwrap();
+
+    // Two services (web, dns) do not fit one.
+    let failed = lab.forwarder_command(&path, &["--max-services", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("too many services"), "{stderr}");
+    let forwarding =
+        lab.forwarder.exec("cat", &format!("/proc/sys/net/ipv4/conf/{LAN_IFACE}/forwarding")).unwrap();
+    assert_eq!(forwarding.trim(), "1", "the predecessor's sysctl stays on");
+    assert!(xdp_prog_id(&lab, LAN_IFACE).is_some(), "still attached");
+    assert_eq!(nodes_of(&mut kept), before, "held connections keep working");
+    let fresh: Vec<_> = lab.client.enter(|| (0..10).map(|_| http_get(WEB)).collect());
+    assert!(fresh.iter().all(Result::is_ok), "new connections work: {fresh:?}");
+
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    assert!(forwarder.output().contains("adopted=true"), "{}", forwarder.output());
+    assert_eq!(nodes_of(&mut kept), before, "and after the next good start");
+    forwarder.stop().unwrap();
+}
