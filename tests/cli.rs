@@ -68,3 +68,24 @@ fn bad_arguments_are_refused() {
     assert_eq!(code, 1);
     assert_eq!(stderr, "error: /nonexistent.toml: No such file or directory (os error 2)\n");
 }
+
+/// A verb whose output pipe closes early ends quietly, as other Unix tools
+/// do, instead of panicking with "failed printing to stdout".
+#[test]
+fn a_closed_output_pipe_ends_a_verb_quietly() {
+    use std::io::Read as _;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // the reader is gone before anything is written
+    let mut child = Command::new(forwarder_bin())
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "ended by SIGPIPE like `yes | head`: {status}");
+}

@@ -1,5 +1,7 @@
 //! What the daemon reports: stats, flows, metrics; VIP announcement.
 
+use std::os::unix::process::CommandExt as _;
+
 use super::*;
 
 /// `stats`, `flows` and the metrics endpoint report what went through.
@@ -87,4 +89,68 @@ fn announced_vips_answer_arp_and_are_withdrawn_on_stop() {
     assert!(host.accept().is_ok(), "another port of the VIP reaches the host");
     forwarder.stop().unwrap();
     assert!(!announced(), "withdrawn on stop");
+}
+
+/// A local user holding 2,000 idle connections to the metrics port (more
+/// than the daemon's 1,024 file descriptors, systemd's default soft limit)
+/// takes neither the CLI nor the health checks down; once they go, metrics
+/// answer again.
+#[test]
+fn idle_connections_to_the_servers_take_nothing_down() {
+    let lab = lab_with_servers(2);
+    let health = "health = { kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }";
+    let path = lab.write_services(&service_file("snat", &[0, 1], health)).unwrap();
+    let mut cmd = lab.forwarder_command(&path, &[]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
+    let mut forwarder = forwarder_tests::netns::Process::spawn("forwarder", cmd).unwrap();
+    forwarder.wait_for("forwarding;", 1, Duration::from_secs(30)).unwrap();
+    raise_fd_limit(4096);
+    let idle: Vec<TcpStream> =
+        lab.forwarder.enter(|| (0..2000).filter_map(|_| TcpStream::connect("127.0.0.1:9405").ok()).collect());
+    assert!(idle.len() >= 1900, "opened {} connections", idle.len());
+    std::thread::sleep(Duration::from_millis(1500)); // several health intervals
+    let stats: Stats = serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
+    assert!(
+        stats.services[0].backends.iter().all(|b| b.health == Health::Up),
+        "health checks still run: {:?}",
+        stats.services[0].backends
+    );
+    assert_eq!(list(&lab).len(), 2, "service list answers");
+    assert!(lab.client.enter(|| http_get(WEB)).is_ok(), "the datapath forwards");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let got = lab.forwarder.enter(|| {
+            let mut stream = TcpStream::connect("127.0.0.1:9405").ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            Some(text).filter(|t| t.contains("forwarder_connections"))
+        });
+        if let Some(text) = got {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "metrics never answered again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    forwarder.stop().unwrap();
+}
+
+/// Lets this test process hold `n` descriptors.
+fn raise_fd_limit(n: u64) {
+    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: a valid rlimit for this process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "setrlimit");
 }

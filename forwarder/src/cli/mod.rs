@@ -70,6 +70,9 @@ impl Cli {
     #[must_use]
     pub fn execute(self) -> ExitCode {
         let Self { run_dir, command } = self;
+        if !matches!(command, Command::Run(_)) {
+            end_quietly_on_closed_pipe();
+        }
         let result = match command {
             Command::Run(args) => args.execute(run_dir),
             Command::Check(args) => args.execute(),
@@ -89,4 +92,15 @@ impl Cli {
             }
         }
     }
+}
+
+/// Lets a closed standard output end the process quietly, as it does other
+/// Unix tools (`forwarder stats | head -3`): Rust ignores SIGPIPE, so each
+/// print would fail and panic instead. Not for the daemon, which must
+/// survive clients that go away.
+fn end_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restores the default disposition before any thread is
+    // started; no handler function is installed.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

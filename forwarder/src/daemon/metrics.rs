@@ -1,20 +1,28 @@
 //! The Prometheus endpoint: `GET /metrics`, rendered at each scrape from
 //! the same statistics `forwarder stats` shows.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use http_body_util::Full;
 use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::{net::TcpListener, sync::mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info};
 
-use super::server::{Call, ask};
+use super::{
+    limits,
+    server::{Call, ask},
+};
 use crate::{
     control::{Request, Response},
     report::{Health, Stats, Traffic},
@@ -22,30 +30,40 @@ use crate::{
 
 type Labels = Vec<(String, String)>;
 
-/// Serves metrics on `addr` until the daemon's loop goes away.
+/// A scrape within this long of the last one is answered from its text,
+/// so a flood of scrapes cannot queue stats builds ahead of CLI calls.
+const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// The last rendered text and when it was rendered.
+type Cache = Arc<Mutex<Option<(Instant, String)>>>;
+
+/// Serves metrics on `addr` until the process ends.
 pub async fn spawn(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     info!(%addr, "metrics on http://{addr}/metrics");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| handle(request, calls.clone()));
-                let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(err) = served {
-                    warn!("metrics connection: {err}");
-                }
-            });
+    let cache: Cache = Arc::default();
+    tokio::spawn(limits::serve_forever("metrics", listener, move |stream, permit| {
+        let (calls, cache) = (calls.clone(), Arc::clone(&cache));
+        async move {
+            let _permit = permit;
+            let service = service_fn(move |request| handle(request, calls.clone(), Arc::clone(&cache)));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits::HEADER_TIMEOUT);
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits::HEADER_TIMEOUT * 2, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!("metrics connection: {err}"),
+                Err(_) => debug!("metrics connection timed out"),
+            }
         }
-    });
+    }));
     Ok(())
 }
 
 async fn handle(
     request: HttpRequest<hyper::body::Incoming>,
     calls: mpsc::Sender<Call>,
+    cache: Cache,
 ) -> Result<HttpResponse<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, body: String| {
         let mut response = HttpResponse::new(Full::new(Bytes::from(body)));
@@ -55,18 +73,27 @@ async fn handle(
     if request.uri().path() != "/metrics" {
         return Ok(reply(StatusCode::NOT_FOUND, "see /metrics\n".to_owned()));
     }
-    Ok(match ask(&calls, Request::Stats).await {
-        Response::Stats(stats) => {
-            let mut response = reply(StatusCode::OK, render(&stats));
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
-        Response::Refused(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, reason),
-        other => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}")),
-    })
+    let cached = cache.lock().expect("metrics cache lock").clone();
+    let text = match cached {
+        Some((at, text)) if at.elapsed() < CACHE_FOR => text,
+        _ => match ask(&calls, Request::Stats).await {
+            Response::Stats(stats) => {
+                let text = render(&stats);
+                *cache.lock().expect("metrics cache lock") = Some((Instant::now(), text.clone()));
+                text
+            }
+            Response::Refused(reason) => return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, reason)),
+            other => {
+                return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}")));
+            }
+        },
+    };
+    let mut response = reply(StatusCode::OK, text);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {

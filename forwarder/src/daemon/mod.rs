@@ -15,6 +15,7 @@
 
 mod change;
 mod health;
+mod limits;
 mod metrics;
 mod requests;
 mod server;
