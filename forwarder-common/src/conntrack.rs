@@ -14,7 +14,8 @@
 //! entries when it is full.
 
 // The TCP bits sit where the TCP header keeps them (FIN, SYN, RST are its
-// flags byte's three low bits), so a packet's bits are one mask away.
+// flags byte's three low bits, ACK its fifth), so a packet's bits are one
+// mask away; SEEN_PACKET takes the place of PSH, which is not tracked.
 
 /// A TCP FIN was seen in this entry's direction.
 pub const SEEN_FIN: u8 = 1 << 0;
@@ -24,16 +25,30 @@ pub const SEEN_SYN: u8 = 1 << 1;
 pub const SEEN_RST: u8 = 1 << 2;
 /// A packet was seen in this entry's direction.
 pub const SEEN_PACKET: u8 = 1 << 3;
+/// A TCP segment with ACK set was seen in this entry's direction.
+pub const SEEN_ACK: u8 = 1 << 4;
 /// The `SEEN_*` bits a TCP packet with header flags byte `flags` brings.
 ///
 /// ```
-/// use forwarder_common::conntrack::{SEEN_PACKET, SEEN_SYN, tcp_seen};
-/// assert_eq!(tcp_seen(0x12), SEEN_PACKET | SEEN_SYN); // SYN+ACK
+/// use forwarder_common::conntrack::{SEEN_ACK, SEEN_PACKET, SEEN_SYN, tcp_seen};
+/// assert_eq!(tcp_seen(0x12), SEEN_PACKET | SEEN_SYN | SEEN_ACK); // SYN+ACK
 /// ```
 #[inline(always)]
 #[must_use]
 pub const fn tcp_seen(flags: u8) -> u8 {
-    SEEN_PACKET | (flags & (SEEN_FIN | SEEN_SYN | SEEN_RST))
+    SEEN_PACKET | (flags & (SEEN_FIN | SEEN_SYN | SEEN_RST | SEEN_ACK))
+}
+
+/// Whether a TCP connection has completed its handshake: the node has
+/// answered and the client has acknowledged something since, as the
+/// kernel's SYN_RECV -> ESTABLISHED. A client's SYN carries no ACK, so a
+/// spoofed SYN the node answers (or a client that never sees the SYN-ACK)
+/// stays in the handshake, on its short timeout. A connection picked up
+/// mid-stream (client data and ACKs, node answers) counts as established.
+#[inline(always)]
+#[must_use]
+pub const fn handshake_done(original: u8, reply: u8) -> bool {
+    reply & SEEN_PACKET != 0 && original & SEEN_ACK != 0
 }
 
 /// Entry flag: this is the reply-direction entry of its connection.
@@ -44,9 +59,9 @@ pub const FLAG_SNAT: u8 = 1 << 1;
 const SECOND: u64 = 1_000_000_000;
 /// UDP: idle time after which a flow is forgotten.
 pub const UDP_TIMEOUT_NS: u64 = 60 * SECOND;
-/// TCP before the backend has answered (handshake in progress).
+/// TCP until the handshake is done (see [`handshake_done`]).
 pub const TCP_SYN_TIMEOUT_NS: u64 = 60 * SECOND;
-/// TCP once both directions have carried packets.
+/// TCP once the handshake is done.
 pub const TCP_ESTABLISHED_TIMEOUT_NS: u64 = 6 * 60 * 60 * SECOND;
 /// TCP after a RST, or after a FIN in each direction.
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * SECOND;
@@ -59,7 +74,10 @@ pub const REFRESH_INTERVAL_NS: u64 = SECOND;
 ///
 /// ```
 /// use forwarder_common::conntrack::*;
-/// let est = timeout_ns(6, SEEN_PACKET | SEEN_SYN, SEEN_PACKET | SEEN_SYN);
+/// let syn = SEEN_PACKET | SEEN_SYN;
+/// let half_open = timeout_ns(6, syn, syn | SEEN_ACK);
+/// assert_eq!(half_open, TCP_SYN_TIMEOUT_NS);
+/// let est = timeout_ns(6, syn | SEEN_ACK, syn | SEEN_ACK);
 /// assert_eq!(est, TCP_ESTABLISHED_TIMEOUT_NS);
 /// let closing = timeout_ns(6, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN);
 /// assert_eq!(closing, TCP_CLOSING_TIMEOUT_NS);
@@ -72,10 +90,10 @@ pub const fn timeout_ns(proto: u8, original: u8, reply: u8) -> u64 {
     }
     if (original | reply) & SEEN_RST != 0 || (original & reply & SEEN_FIN) != 0 {
         TCP_CLOSING_TIMEOUT_NS
-    } else if reply & SEEN_PACKET == 0 {
-        TCP_SYN_TIMEOUT_NS
-    } else {
+    } else if handshake_done(original, reply) {
         TCP_ESTABLISHED_TIMEOUT_NS
+    } else {
+        TCP_SYN_TIMEOUT_NS
     }
 }
 
@@ -101,7 +119,9 @@ pub const fn directions(entry_flags: u8, entry_seen: u8, peer_seen: u8) -> (u8, 
 pub enum ConnState {
     /// TCP: the client's SYN, no answer yet.
     SynSent,
-    /// TCP: both directions have carried packets, no FIN or RST.
+    /// TCP: the node answered, the client has not acknowledged it yet.
+    SynReceived,
+    /// TCP: the handshake is done, no FIN or RST.
     Established,
     /// TCP: a FIN in one direction.
     FinWait,
@@ -128,10 +148,12 @@ impl ConnState {
             Self::Closing
         } else if all & SEEN_FIN != 0 {
             Self::FinWait
-        } else if reply & SEEN_PACKET == 0 && all & SEEN_SYN != 0 {
-            Self::SynSent
-        } else {
+        } else if handshake_done(original, reply) {
             Self::Established
+        } else if reply & SEEN_PACKET != 0 {
+            Self::SynReceived
+        } else {
+            Self::SynSent
         }
     }
 
@@ -140,6 +162,7 @@ impl ConnState {
     pub const fn name(self) -> &'static str {
         match self {
             Self::SynSent => "syn_sent",
+            Self::SynReceived => "syn_recv",
             Self::Established => "established",
             Self::FinWait => "fin_wait",
             Self::Closing => "closing",
@@ -175,8 +198,22 @@ mod tests {
         let cases = [
             ("udp any", PROTO_UDP, SEEN_PACKET, 0, UDP_TIMEOUT_NS),
             ("syn unanswered", PROTO_TCP, SEEN_PACKET | SEEN_SYN, 0, TCP_SYN_TIMEOUT_NS),
-            ("established", PROTO_TCP, SEEN_PACKET, SEEN_PACKET, TCP_ESTABLISHED_TIMEOUT_NS),
-            ("half closed", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET, TCP_ESTABLISHED_TIMEOUT_NS),
+            (
+                "syn-ack, no ack",
+                PROTO_TCP,
+                SEEN_PACKET | SEEN_SYN,
+                SEEN_PACKET | SEEN_SYN | SEEN_ACK,
+                TCP_SYN_TIMEOUT_NS,
+            ),
+            ("established", PROTO_TCP, SEEN_PACKET | SEEN_ACK, SEEN_PACKET, TCP_ESTABLISHED_TIMEOUT_NS),
+            ("answered, never acked", PROTO_TCP, SEEN_PACKET, SEEN_PACKET, TCP_SYN_TIMEOUT_NS),
+            (
+                "half closed",
+                PROTO_TCP,
+                SEEN_PACKET | SEEN_ACK | SEEN_FIN,
+                SEEN_PACKET,
+                TCP_ESTABLISHED_TIMEOUT_NS,
+            ),
             ("both fin", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN, TCP_CLOSING_TIMEOUT_NS),
             ("rst from backend", PROTO_TCP, SEEN_PACKET, SEEN_PACKET | SEEN_RST, TCP_CLOSING_TIMEOUT_NS),
             ("rst from client", PROTO_TCP, SEEN_PACKET | SEEN_RST, 0, TCP_CLOSING_TIMEOUT_NS),
@@ -189,12 +226,21 @@ mod tests {
     #[test]
     fn state_names() {
         let syn = SEEN_PACKET | SEEN_SYN;
+        let ack = SEEN_PACKET | SEEN_ACK;
         let cases = [
             ("udp", PROTO_UDP, SEEN_PACKET, 0, ConnState::Active, "active"),
             ("syn only", PROTO_TCP, syn, 0, ConnState::SynSent, "syn_sent"),
-            ("syn answered", PROTO_TCP, syn, syn, ConnState::Established, "established"),
-            ("data both ways", PROTO_TCP, SEEN_PACKET, SEEN_PACKET, ConnState::Established, "established"),
-            ("adopted mid-flow", PROTO_TCP, SEEN_PACKET, 0, ConnState::Established, "established"),
+            ("syn answered", PROTO_TCP, syn, syn | SEEN_ACK, ConnState::SynReceived, "syn_recv"),
+            (
+                "handshake done",
+                PROTO_TCP,
+                syn | SEEN_ACK,
+                syn | SEEN_ACK,
+                ConnState::Established,
+                "established",
+            ),
+            ("data both ways", PROTO_TCP, ack, ack, ConnState::Established, "established"),
+            ("acked, not answered yet", PROTO_TCP, ack, 0, ConnState::SynSent, "syn_sent"),
             ("fin one way", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET, ConnState::FinWait, "fin_wait"),
             ("fin both ways", PROTO_TCP, SEEN_FIN, SEEN_FIN, ConnState::Closing, "closing"),
             ("rst", PROTO_TCP, SEEN_PACKET, SEEN_RST, ConnState::Reset, "reset"),

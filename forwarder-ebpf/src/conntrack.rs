@@ -55,23 +55,26 @@ pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
     !reopened && !expired(entry, proto, now)
 }
 
-/// Records a packet on `entry`, writing only when something changed so an
-/// established flow's cache line stays shared between CPUs. Whether
-/// `last_seen` was refreshed (about once a second): the moment to check
-/// the cached next hop.
+/// Whether `entry`'s `last_seen` is due for a refresh (about once a
+/// second): also the moment to check its cached next hop.
+#[inline(always)]
+pub fn refresh_due(entry: &FlowEntry, now: u64) -> bool {
+    now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS
+}
+
+/// Records a forwarded packet on `entry`, writing only when something
+/// changed so an established flow's cache line stays shared between CPUs.
 ///
 /// Concurrent updates from other CPUs race benignly: both store a recent
 /// time, or OR in flags.
 #[inline(always)]
-pub fn touch(entry: &mut FlowEntry, packet_seen: u8, now: u64) -> bool {
-    let refresh = now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS;
-    if refresh {
+pub fn touch(entry: &mut FlowEntry, packet_seen: u8, now: u64) {
+    if refresh_due(entry, now) {
         entry.last_seen_ns = now;
     }
     if entry.seen | packet_seen != entry.seen {
         entry.seen |= packet_seen;
     }
-    refresh
 }
 
 /// Stores the next hop of the flow keyed `key`, as looked up for a packet

@@ -65,17 +65,16 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let now = conntrack::now_ns();
     // The flow's entry, and its cached next hop unless due for a check or
     // the packet is longer than the one the route (and MTU) was checked for.
-    let (entry, cached) = match conntrack::lookup(&pkt.key) {
+    let (entry, tracked, cached) = match conntrack::lookup(&pkt.key) {
         // SAFETY: a map value pointer from the lookup helper.
         Some(found) if conntrack::usable(unsafe { &*found }, pkt.key.proto, pkt.seen, now) => {
-            // SAFETY: as above.
-            let recheck = conntrack::touch(unsafe { &mut *found }, pkt.seen, now);
             // SAFETY: as above; copied so later map updates cannot alias it.
             let entry = unsafe { *found };
-            let cached = entry.hop.ifindex != 0 && !recheck && pkt.ip_len <= entry.hop_len;
-            (entry, cached)
+            let cached =
+                entry.hop.ifindex != 0 && !conntrack::refresh_due(&entry, now) && pkt.ip_len <= entry.hop_len;
+            (entry, Some(found), cached)
         }
-        _ => (new_flow(&pkt, now)?, false),
+        _ => (new_flow(&pkt, now)?, None, false),
     };
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
@@ -90,8 +89,19 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         }
         route
     };
+    // Only a packet that is forwarded changes its connection's state: a
+    // spoofed RST that would expire (TTL 1) or has no route never reaches
+    // the node, so it must not close the connection here either.
+    let record = || {
+        if let Some(found) = tracked {
+            // SAFETY: the map value pointer found above; entries are freed
+            // only after an RCU grace period, which this program outlives.
+            conntrack::touch(unsafe { &mut *found }, pkt.seen, now);
+        }
+    };
     match route {
         Route::Via(hop) => {
+            record();
             nat::rewrite(&pkt, &entry);
             fwd::set_macs(&pkt, &hop);
             stats::forwarded(&entry, pkt.ip_len);
@@ -104,11 +114,13 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
+            record();
             nat::rewrite(&pkt, &entry);
             stats::forwarded(&entry, pkt.ip_len);
             stats::reason(Reason::RedirectNeigh);
             Ok(Verdict::RedirectNeigh { ifindex, nexthop })
         }
+        // The TC program translates (and records) it.
         Route::NoNeigh { .. } => {
             stats::reason(Reason::HandedToTc);
             Ok(Verdict::HandToNeighHook)
