@@ -104,3 +104,33 @@ fn a_failed_restart_leaves_the_datapath_forwarding() {
     assert_eq!(nodes_of(&mut kept), before, "and after the next good start");
     forwarder.stop().unwrap();
 }
+
+/// A host whose own ephemeral ports overlap the SNAT ports (a widened
+/// `ip_local_port_range`) is refused at start with one line saying what to
+/// set, and the start leaves nothing behind.
+#[test]
+fn overlapping_ephemeral_ports_are_refused_and_change_nothing() {
+    let lab = lab_with_servers(2);
+    let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
+    let sysctl = |setting: &str| {
+        forwarder_tests::netns::run(lab.forwarder.command("sysctl").args(["-qw", setting])).unwrap();
+    };
+    sysctl("net.ipv4.ip_local_port_range=20000 60999");
+    let failed = lab.forwarder_command(&path, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("(20000-60999, net.ipv4.ip_local_port_range) overlap the SNAT ports 1024-32767"),
+        "{stderr}"
+    );
+    let forwarding =
+        lab.forwarder.exec("cat", &format!("/proc/sys/net/ipv4/conf/{LAN_IFACE}/forwarding")).unwrap();
+    assert_eq!(forwarding.trim(), "0", "the sysctl it switched on is off again");
+    assert!(xdp_prog_id(&lab, LAN_IFACE).is_none(), "nothing attached");
+
+    sysctl("net.ipv4.ip_local_reserved_ports=20000-32767");
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    assert!(lab.client.enter(|| http_get(WEB)).is_ok(), "starts once the overlap is reserved");
+    forwarder.stop().unwrap();
+}

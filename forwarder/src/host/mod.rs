@@ -2,7 +2,7 @@
 //! either undo (a stop, `forwarder down`) or leave for a successor to adopt
 //! (a hand-over, a crash): managed neighbour entries, announced VIPs,
 //! forwarding sysctls, the bpffs mount and the state record that lists
-//! them all.
+//! them all. `routes` and `ports` only ask the host questions.
 //!
 //! Each change is a small type with the same verbs, used the same way by
 //! `run`, by restarts and by `down`:
@@ -23,6 +23,7 @@
 mod bpffs;
 mod neighbours;
 mod owned;
+pub mod ports;
 mod record;
 pub mod routes;
 mod sysctl;

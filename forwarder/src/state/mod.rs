@@ -52,6 +52,8 @@ pub enum ApplyError {
     TooManyTables { capacity: u32 },
     #[error("service {service:?}: no SNAT address for backend {backend}: {reason}")]
     NoSnatAddress { service: String, backend: SocketAddrV4, reason: String },
+    #[error(transparent)]
+    SnatPorts(#[from] crate::host::ports::PortsError),
     #[error("writing map {map}: {source}")]
     Map {
         map: &'static str,
@@ -242,7 +244,7 @@ impl ServiceTable {
     /// Makes the maps serve `file`, changing only what differs.
     pub fn apply(&mut self, file: &ServiceFile, maps: &mut Maps) -> Result<Summary, ApplyError> {
         self.retire(maps)?;
-        let sources = SnatSources::resolve(file, self.snat_override);
+        let sources = SnatSources::resolve(file, self.snat_override)?;
         let plan = self.plan(file, &sources)?;
         self.commit(plan, maps)
     }
