@@ -350,6 +350,7 @@ impl Daemon {
                         })
                         .collect(),
                     health: None,
+                    source_ranges: Vec::new(),
                 };
                 to_response(self.change(persist, |e| e.add_service(&service)).await)
             }
