@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod kernel;
+pub mod kube;
 pub mod logging;
 pub mod maglev;
 pub mod neigh;

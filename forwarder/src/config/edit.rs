@@ -131,7 +131,10 @@ impl Editor {
     pub fn set_kube(&mut self, kube: &KubeSettings) {
         let KubeSettings { pools, class, address_type } = kube;
         let mut table = Table::new();
-        table["pools"] = value(strings(pools));
+        // No pools is written as no key: the parser refuses an empty list.
+        if !pools.is_empty() {
+            table["pools"] = value(strings(pools));
+        }
         table["class"] = value(class.as_str());
         table["address_type"] = value(address_type.as_str());
         self.doc["kube"] = Item::Table(table);
