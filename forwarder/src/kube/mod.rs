@@ -7,11 +7,13 @@
 //! `forwarder kube render` runs it offline on `kubectl get -o json` output.
 
 pub mod allocate;
+pub mod controller;
 pub mod document;
 pub mod input;
 pub mod names;
 pub mod nodes;
 pub mod problem;
+pub mod settings;
 pub mod translate;
 
 #[cfg(test)]

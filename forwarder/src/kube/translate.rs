@@ -50,7 +50,8 @@ pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-bala
 pub struct Translation {
     /// The generated services, sorted by name.
     pub services: Vec<Service>,
-    /// The VIP of each Service that is forwarded (its status to write).
+    /// The VIP of each Service that got one (its status to write), also
+    /// when a problem keeps it from being forwarded.
     pub vips: BTreeMap<ServiceKey, Ipv4Addr>,
     /// Every Service this controller serves, forwarded or not.
     pub served: BTreeSet<ServiceKey>,
@@ -101,6 +102,9 @@ pub fn translate(cluster: &Cluster, settings: &KubeSettings, hand_written: &[Ser
             continue;
         }
         let Some(&vip) = vips.get(&plan.key) else { continue };
+        // The address stays the Service's (its status) even while it
+        // cannot be forwarded, so it is not handed to another meanwhile.
+        out.vips.insert(plan.key.clone(), vip);
         if backends.is_empty() {
             problem("NoBackends", "no node is Ready and eligible: the Service is not forwarded".to_owned());
             continue;
@@ -115,7 +119,6 @@ pub fn translate(cluster: &Cluster, settings: &KubeSettings, hand_written: &[Ser
         }
         names.extend(entries.iter().map(|e| e.name.clone()));
         out.services.extend(entries);
-        out.vips.insert(plan.key.clone(), vip);
     }
     out.services.sort_by(|a, b| a.name.cmp(&b.name));
     out.problems.sort_by(|a, b| a.subject.cmp(&b.subject));

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 mod render;
+mod run;
 
 /// Give Kubernetes LoadBalancer Services a VIP and forward them to their
 /// nodes' NodePorts, through the service file.
@@ -13,12 +14,14 @@ mod render;
 /// file with other names are hand-written and kept as they are.
 #[derive(Debug, Subcommand)]
 pub enum KubeCommand {
+    Run(run::RunArgs),
     Render(render::RenderArgs),
 }
 
 impl KubeCommand {
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
+            KubeCommand::Run(args) => args.execute(),
             KubeCommand::Render(args) => args.execute(),
         }
     }

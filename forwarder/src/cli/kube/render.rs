@@ -5,8 +5,8 @@ use clap::Args;
 use ipnet::Ipv4Net;
 
 use crate::{
-    config::{KubeSettings, ServiceFile, kube::parse_cidr},
-    kube::{document, input::Cluster, translate},
+    config::{ServiceFile, kube::parse_cidr},
+    kube::{document, input::Cluster, settings::Overrides, translate},
 };
 
 /// Print the service file the controller would write, from
@@ -56,16 +56,7 @@ impl RenderArgs {
         };
         let label = services.unwrap_or_else(|| PathBuf::from("<no service file>"));
         let current = ServiceFile::parse(&label, &base)?;
-        let mut settings = current.kube.clone().unwrap_or_else(KubeSettings::default);
-        if !pools.is_empty() {
-            settings.pools = pools;
-        }
-        settings.class = class.unwrap_or(settings.class);
-        settings.address_type = address_type.unwrap_or(settings.address_type);
-        anyhow::ensure!(
-            !settings.pools.is_empty(),
-            "no address pools: give --pool CIDR, or pools in the [kube] table of --services"
-        );
+        let settings = Overrides { pools, class, address_type }.apply(current.kube.as_ref())?;
         let translation = translate::translate(&cluster, &settings, &current.services);
         for problem in &translation.problems {
             eprintln!("warning: {problem}");
