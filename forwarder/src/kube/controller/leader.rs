@@ -121,3 +121,26 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     let seconds = spec.lease_duration_seconds.unwrap_or(0).max(1);
     renewed.0.checked_add(SignedDuration::from_secs(i64::from(seconds))).is_ok_and(|end| end < now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(renewed: &str, seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some("a".to_owned()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(MicroTime(renewed.parse().unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_expires_one_duration_after_its_renewal() {
+        let now: Timestamp = "2026-12-02T06:00:15Z".parse().unwrap();
+        assert!(!expired(&spec("2026-12-02T06:00:00Z", 15), now), "exactly at the end: still held");
+        assert!(expired(&spec("2026-12-02T05:59:59Z", 15), now));
+        assert!(!expired(&spec("2026-12-02T06:00:10Z", 15), now));
+        assert!(expired(&LeaseSpec::default(), now), "never renewed");
+    }
+}

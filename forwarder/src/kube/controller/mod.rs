@@ -102,11 +102,18 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
         let leading = renewed.is_some_and(|at| at.elapsed() < lease_duration * 2 / 3);
         dirty |= last_reconcile.is_none_or(|at| at.elapsed() >= resync);
         if leading && dirty {
-            match reconcile::reconcile(&mut ctx).await {
-                Ok(outcome) => tracing::debug!(?outcome, "reconciled"),
-                Err(error) => tracing::error!("reconcile failed: {error}"),
-            }
-            dirty = false;
+            // A failed reconcile is tried again at the next turn (within
+            // a renewal interval).
+            dirty = match reconcile::reconcile(&mut ctx).await {
+                Ok(outcome) => {
+                    tracing::debug!(?outcome, "reconciled");
+                    false
+                }
+                Err(error) => {
+                    tracing::error!("reconcile failed: {error}");
+                    true
+                }
+            };
             last_reconcile = Some(Instant::now());
         }
         tokio::select! {

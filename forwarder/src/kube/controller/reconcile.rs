@@ -76,18 +76,31 @@ pub async fn reconcile(ctx: &mut Context) -> Result<Outcome, ReconcileError> {
         tracing::info!(path = %ctx.services_path.display(), services = translation.services.len(), "service file written");
     }
     // Status after the file: an address is published once it forwards.
+    // One failed status does not hold the others back; the first failure
+    // is returned so that the loop tries again soon.
     let changes = status::changes(&cluster.services, &translation, &settings);
+    let mut failed = None;
+    let mut statuses_written = 0;
     for change in &changes {
-        status::write(&ctx.client, change)
-            .await
-            .map_err(|error| ReconcileError::Status { key: change.key.clone(), error })?;
-        tracing::info!(service = %change.key, ips = ?change.ips, "status written");
-        ctx.events.assigned(&cluster, change).await;
+        match status::write(&ctx.client, change).await {
+            Ok(()) => {
+                tracing::info!(service = %change.key, ips = ?change.ips, "status written");
+                ctx.events.assigned(&cluster, change).await;
+                statuses_written += 1;
+            }
+            Err(error) => {
+                tracing::warn!(service = %change.key, %error, "status not written");
+                failed.get_or_insert(ReconcileError::Status { key: change.key.clone(), error });
+            }
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error);
     }
     Ok(Outcome {
         file_written,
         generated: translation.services.len(),
-        statuses_written: changes.len(),
+        statuses_written,
         problems: translation.problems.len(),
     })
 }

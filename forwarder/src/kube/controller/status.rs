@@ -82,3 +82,70 @@ pub async fn write(client: &Client, change: &StatusChange) -> Result<(), kube::E
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::kube::translate::translate;
+
+    fn service(name: &str, patch: serde_json::Value) -> KubeService {
+        let mut value = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                          "creationTimestamp": "2026-11-20T08:00:00Z" },
+            "spec": { "type": "LoadBalancer", "externalTrafficPolicy": "Cluster",
+                      "ports": [{ "port": 80, "protocol": "TCP", "nodePort": 30080, "targetPort": 80 }] },
+            "status": { "loadBalancer": {} }
+        });
+        for (key, part) in patch.as_object().unwrap() {
+            for (field, v) in part.as_object().unwrap() {
+                value[key][field] = v.clone();
+            }
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn ingress(ip: &str) -> serde_json::Value {
+        json!({ "status": { "loadBalancer": { "ingress": [{ "ip": ip, "ipMode": "VIP" }] } } })
+    }
+
+    #[test]
+    fn statuses_follow_the_translation() {
+        let settings =
+            KubeSettings { pools: vec!["203.0.113.0/29".parse().unwrap()], ..KubeSettings::default() };
+        let services = vec![
+            // Pending: gets its VIP.
+            service("new", json!({})),
+            // Already right: untouched.
+            service("kept", ingress("203.0.113.5")),
+            // No longer a LoadBalancer, still showing our address: cleared.
+            service(
+                "was-lb",
+                json!({ "spec": { "type": "ClusterIP" }, "status": ingress("203.0.113.6")["status"] }),
+            ),
+            // Another implementation's: never touched.
+            service(
+                "theirs",
+                json!({ "spec": { "loadBalancerClass": "metallb.io/metallb" }, "status": ingress("10.9.9.9")["status"] }),
+            ),
+            // Asks for an address outside the pools: pending.
+            service(
+                "refused",
+                json!({ "spec": { "loadBalancerIP": "192.0.2.1" }, "status": ingress("203.0.113.7")["status"] }),
+            ),
+        ];
+        let cluster = crate::kube::input::Cluster { services: services.clone(), nodes: vec![] };
+        let translation = translate(&cluster, &settings, &[]);
+        let key = |name: &str| ServiceKey { namespace: "default".to_owned(), name: name.to_owned() };
+        assert_eq!(
+            changes(&services, &translation, &settings),
+            [
+                StatusChange { key: key("new"), ips: vec!["203.0.113.1".parse().unwrap()] },
+                StatusChange { key: key("refused"), ips: vec![] },
+                StatusChange { key: key("was-lb"), ips: vec![] },
+            ]
+        );
+    }
+}
