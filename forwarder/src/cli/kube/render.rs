@@ -2,11 +2,10 @@ use std::{io::Read as _, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use ipnet::Ipv4Net;
 
 use crate::{
-    config::{ServiceFile, kube::parse_cidr},
-    kube::{document, input::Cluster, settings::Overrides, translate},
+    config::ServiceFile,
+    kube::{document, input::Cluster, translate},
 };
 
 /// Print the service file the controller would write, from
@@ -21,27 +20,17 @@ pub struct RenderArgs {
     /// kubectl's JSON output (a List of Services and Nodes), or `-` for stdin.
     #[arg(long, value_name = "FILE")]
     from: PathBuf,
-    /// An address pool for VIPs, as an IPv4 CIDR; repeatable. Replaces the
-    /// pools of the --services file's [kube] table.
-    #[arg(long = "pool", value_name = "CIDR", value_parser = |text: &str| parse_cidr(text, "pool"))]
-    pools: Vec<Ipv4Net>,
     /// The current service file: its hand-written services and comments
     /// are kept, its [kube] table gives pools, class and address type.
     #[arg(long, value_name = "FILE")]
     services: Option<PathBuf>,
-    /// The spec.loadBalancerClass served [default: the [kube] table's,
-    /// else forwarder.dev/lb].
-    #[arg(long, value_name = "CLASS", value_parser = |text: &str| crate::config::kube::check_class(text))]
-    class: Option<String>,
-    /// The node address used as backend: InternalIP, ExternalIP, ...
-    /// [default: the [kube] table's, else InternalIP].
-    #[arg(long, value_name = "TYPE", value_parser = clap::builder::PossibleValuesParser::new(crate::config::kube::ADDRESS_TYPES))]
-    address_type: Option<String>,
+    #[command(flatten)]
+    settings: super::SettingsArgs,
 }
 
 impl RenderArgs {
     pub fn execute(self) -> anyhow::Result<()> {
-        let Self { from, pools, services, class, address_type } = self;
+        let Self { from, settings, services } = self;
         let json = if from.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text).context("stdin")?;
@@ -56,7 +45,7 @@ impl RenderArgs {
         };
         let label = services.unwrap_or_else(|| PathBuf::from("<no service file>"));
         let current = ServiceFile::parse(&label, &base)?;
-        let settings = Overrides { pools, class, address_type }.apply(current.kube.as_ref())?;
+        let settings = settings.overrides().apply(current.kube.as_ref())?;
         let translation = translate::translate(&cluster, &settings, &current.services);
         for problem in &translation.problems {
             eprintln!("warning: {problem}");

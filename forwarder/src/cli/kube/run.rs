@@ -2,15 +2,8 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
-use ipnet::Ipv4Net;
 
-use crate::{
-    config::kube::{ADDRESS_TYPES, check_class, parse_cidr},
-    kube::{
-        controller::{self, Options},
-        settings::Overrides,
-    },
-};
+use crate::kube::controller::{self, Options};
 
 /// Run the controller: watch Services and Nodes through the API server
 /// (in-cluster credentials, else KUBECONFIG or ~/.kube/config) and keep the
@@ -25,18 +18,8 @@ pub struct RunArgs {
     /// The service file to keep up to date (created if missing).
     #[arg(long, value_name = "FILE", default_value = "/etc/forwarder/services.toml")]
     services: PathBuf,
-    /// An address pool for VIPs, as an IPv4 CIDR; repeatable. Replaces the
-    /// pools of the file's [kube] table.
-    #[arg(long = "pool", value_name = "CIDR", value_parser = |text: &str| parse_cidr(text, "pool"))]
-    pools: Vec<Ipv4Net>,
-    /// The spec.loadBalancerClass served [default: the [kube] table's,
-    /// else forwarder.dev/lb].
-    #[arg(long, value_name = "CLASS", value_parser = |text: &str| check_class(text))]
-    class: Option<String>,
-    /// The node address used as backend [default: the [kube] table's,
-    /// else InternalIP].
-    #[arg(long, value_name = "TYPE", value_parser = clap::builder::PossibleValuesParser::new(ADDRESS_TYPES))]
-    address_type: Option<String>,
+    #[command(flatten)]
+    settings: super::SettingsArgs,
     /// Namespace of the leader-election Lease.
     #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE", default_value = "kube-system")]
     lease_namespace: String,
@@ -57,22 +40,12 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn execute(self) -> anyhow::Result<()> {
-        let Self {
-            services,
-            pools,
-            class,
-            address_type,
-            lease_namespace,
-            lease_name,
-            identity,
-            lease_duration,
-            resync,
-        } = self;
+        let Self { services, settings, lease_namespace, lease_name, identity, lease_duration, resync } = self;
         crate::logging::init();
         let identity = identity.unwrap_or_else(default_identity);
         let options = Options {
             services_path: services,
-            overrides: Overrides { pools, class, address_type },
+            overrides: settings.overrides(),
             lease_namespace,
             lease_name,
             identity,
