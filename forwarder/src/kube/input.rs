@@ -54,3 +54,49 @@ impl Cluster {
         Ok(cluster)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a"}, "status": {}}"#;
+    const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+                              "spec": {"type": "LoadBalancer"}}"#;
+
+    fn counts(text: &str) -> (usize, usize) {
+        let cluster = Cluster::from_json(text).unwrap();
+        (cluster.services.len(), cluster.nodes.len())
+    }
+
+    #[test]
+    fn lists_typed_lists_and_single_objects_are_read() {
+        let mixed = format!(
+            r#"{{"apiVersion": "v1", "kind": "List", "metadata": {{"resourceVersion": ""}},
+            "items": [{SERVICE}, {NODE}, {{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "x"}}}}]}}"#
+        );
+        assert_eq!(counts(&mixed), (1, 1), "other kinds are ignored");
+        // The API server's own lists leave the items' kind out.
+        let typed = r#"{"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "42"},
+            "items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}"#;
+        assert_eq!(counts(typed), (0, 2));
+        assert_eq!(counts(SERVICE), (1, 0));
+        assert_eq!(counts(r#"{"apiVersion": "v1", "kind": "List", "items": null}"#), (0, 0));
+    }
+
+    #[test]
+    fn bad_input_says_where() {
+        let cases = [
+            ("[1, 2]", "expected a Kubernetes List or object with a \"kind\""),
+            ("{\"kind\": \"List\", \"items\": 3}", "expected a Kubernetes List"),
+            (
+                "{\"kind\": \"List\", \"items\": [{\"kind\": \"Service\", \"metadata\": {\"name\": 7}}]}",
+                "item 0 (Service): invalid type: integer `7`, expected a string",
+            ),
+            ("{\"kind\": ", "not JSON: EOF while parsing a value at line 1 column 9"),
+        ];
+        for (text, want) in cases {
+            let err = Cluster::from_json(text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text}: {err:?} should start with {want:?}");
+        }
+    }
+}
