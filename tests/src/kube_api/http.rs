@@ -58,7 +58,10 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<R
     };
     let body: Value =
         if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    // The API server reads booleans as Go's ParseBool: the Python client
+    // sends `watch=True`.
+    let watching =
+        matches!(query.get("watch").map(String::as_str), Some("1" | "t" | "T" | "true" | "True" | "TRUE"));
     Ok(match (&method, &target.name, watching) {
         (&Method::GET, None, true) => watch_stream(&shared, &target, &query).await,
         (&Method::GET, None, false) => list(&shared, &target).await,
