@@ -202,7 +202,7 @@ async fn watch_stream(
         |kind: &str, object: &Value| Bytes::from(format!("{}\n", json!({ "type": kind, "object": object })));
     let mut cut = shared.cut_watches.subscribe();
     let (backlog, mut live) = {
-        let store = shared.store.lock().await;
+        let mut store = shared.store.lock().await;
         let backlog: Vec<Bytes> = if since != 0 && since < store.compacted {
             let gone = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": format!("too old resource version: {since} ({})", store.compacted),
@@ -223,6 +223,7 @@ async fn watch_stream(
                 .collect()
         };
         let expired = since != 0 && since < store.compacted;
+        store.gone += usize::from(expired);
         (backlog, (!expired).then(|| store.live.subscribe()))
     };
     tokio::spawn(async move {

@@ -85,6 +85,11 @@ impl FakeApi {
         self.store(|store| store.requests.clone())
     }
 
+    /// How many watches were answered `410 Gone`.
+    pub fn gone(&self) -> usize {
+        self.store(|store| store.gone)
+    }
+
     /// Ends every open watch, as a restarted API server would, and forgets
     /// the history so resuming from an old version gets `410 Gone`.
     pub fn cut_watches_and_compact(&self) {

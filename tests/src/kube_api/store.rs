@@ -64,6 +64,8 @@ pub struct Store {
     pub live: broadcast::Sender<Change>,
     /// Every request, as "METHOD path?query".
     pub requests: Vec<String>,
+    /// How many watches were answered `410 Gone`.
+    pub gone: usize,
 }
 
 pub fn key_of(object: &Value) -> Option<Key> {
@@ -82,6 +84,7 @@ impl Default for Store {
             compacted: 0,
             live: broadcast::channel(1024).0,
             requests: Vec::new(),
+            gone: 0,
         }
     }
 }
@@ -138,8 +141,11 @@ impl Store {
             .collect()
     }
 
-    /// Forgets the history: watches from older versions get `410 Gone`.
+    /// Forgets the history, as etcd's compaction does: a watch resuming
+    /// from any version seen so far gets `410 Gone`; a list (at the new
+    /// version) works.
     pub fn compact(&mut self) {
+        self.version += 1;
         self.compacted = self.version;
         self.history.clear();
     }
