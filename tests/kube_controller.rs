@@ -258,3 +258,22 @@ fn kubectl_lists_and_watches_the_fake() {
     drop(_watch);
     reader.join().unwrap();
 }
+
+/// A hand-edited file that is invalid is never written over; once fixed,
+/// the controller carries on.
+#[test]
+fn an_invalid_service_file_is_left_alone() {
+    let api = FakeApi::start(recorded_cluster());
+    let dir = tempfile::tempdir().unwrap();
+    let broken = HAND_WRITTEN.replace("port = 443", "port = 0");
+    std::fs::write(dir.path().join("services.toml"), &broken).unwrap();
+    let _controller = controller(&api, dir.path(), "ctl-c");
+    let log = || std::fs::read_to_string(dir.path().join("ctl-c.log")).unwrap_or_default();
+    wait_for("the refusal in the log", WAIT, || log().contains("port must be between 1 and 65535, not 0"));
+    assert!(log().contains("services.toml:5:8: port must be between 1 and 65535, not 0"), "{}", log());
+    assert_eq!(file(dir.path()), broken);
+    assert!(!api.requests().iter().any(|r| r.starts_with("PATCH")), "no status before a valid file");
+    std::fs::write(dir.path().join("services.toml"), HAND_WRITTEN).unwrap();
+    wait_for("the generated services", WAIT, || file(dir.path()).contains("kube.ingress-nginx"));
+    assert!(file(dir.path()).starts_with("# kept by hand\n"));
+}
