@@ -138,7 +138,7 @@ fn bad_input_is_one_line_and_a_failure() {
             &["--from", "-", "--pool", "203.0.113.0/29"],
             "{ not json",
             1,
-            "error: -: not JSON: key must be a string at line 1 column 3",
+            "error: -: not JSON: key must be a string at line 1 column 3\n",
         ),
         (
             &["--from", "-", "--pool", "203.0.113.0/29"],

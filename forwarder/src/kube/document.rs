@@ -16,9 +16,9 @@ pub enum DocumentError {
     #[error(transparent)]
     Edit(#[from] EditError),
     /// The result is refused by the service file's own rules: a bug, or a
-    /// base file that was invalid.
+    /// base file that was invalid. (Not a `source`: named once.)
     #[error("the generated service file is invalid: {0}")]
-    Invalid(#[from] ConfigError),
+    Invalid(ConfigError),
 }
 
 /// `base` (the current file's text, `""` for none) with its generated
@@ -31,7 +31,8 @@ pub fn render(
     generated: &[Service],
 ) -> Result<(String, ServiceFile), DocumentError> {
     let mut editor = Editor::parse(base)?;
-    let current = ServiceFile::parse(Path::new("<current service file>"), base)?;
+    let current =
+        ServiceFile::parse(Path::new("<current service file>"), base).map_err(DocumentError::Invalid)?;
     for service in current.services.iter().filter(|s| names::is_generated(&s.name)) {
         editor.remove_service(&service.name)?;
     }
@@ -42,7 +43,8 @@ pub fn render(
         editor.add_service(service)?;
     }
     let text = editor.text();
-    let file = ServiceFile::parse(Path::new("<generated service file>"), &text)?;
+    let file =
+        ServiceFile::parse(Path::new("<generated service file>"), &text).map_err(DocumentError::Invalid)?;
     Ok((text, file))
 }
 

@@ -17,8 +17,10 @@ pub struct Cluster {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
+    /// The parser's error is part of the message (not a `source`) so the
+    /// one-line error names it once.
     #[error("not JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("expected a Kubernetes List or object with a \"kind\", as `kubectl get -o json` prints")]
     NotKubernetes,
     #[error("item {index} ({kind}): {error}")]
@@ -28,7 +30,7 @@ pub enum InputError {
 impl Cluster {
     /// Parses kubectl's JSON output.
     pub fn from_json(text: &str) -> Result<Self, InputError> {
-        let value: Value = serde_json::from_str(text)?;
+        let value: Value = serde_json::from_str(text).map_err(InputError::Json)?;
         let kind = value.get("kind").and_then(Value::as_str).ok_or(InputError::NotKubernetes)?;
         let items = if kind.ends_with("List") {
             match value.get("items") {

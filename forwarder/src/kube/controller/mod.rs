@@ -41,8 +41,9 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// kube's message already holds its causes: not a `source`.
     #[error("Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
+    Client(kube::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("a watch ended")]
@@ -51,7 +52,7 @@ pub enum ControllerError {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> Result<(), ControllerError> {
-    let client = Client::try_default().await?;
+    let client = Client::try_default().await.map_err(ControllerError::Client)?;
     let changed = Arc::new(Notify::new());
     let (services, services_writer) = reflector::store::<KubeService>();
     let (nodes, nodes_writer) = reflector::store::<Node>();
