@@ -277,3 +277,42 @@ fn an_invalid_service_file_is_left_alone() {
     wait_for("the generated services", WAIT, || file(dir.path()).contains("kube.ingress-nginx"));
     assert!(file(dir.path()).starts_with("# kept by hand\n"));
 }
+
+/// Two controllers on one Lease: one leads and writes, the other only
+/// watches; when the leader dies (SIGKILL, no release) the other takes
+/// over once the Lease expires.
+#[test]
+fn two_controllers_never_both_lead() {
+    let api = FakeApi::start(recorded_cluster());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("services.toml"), HAND_WRITTEN).unwrap();
+    let mut a = Some(controller(&api, dir.path(), "ctl-a"));
+    let b = controller(&api, dir.path(), "ctl-b");
+    let log = |id: &str| std::fs::read_to_string(dir.path().join(format!("{id}.log"))).unwrap_or_default();
+    wait_for("the generated services", WAIT, || file(dir.path()).contains("kube.ingress-nginx"));
+    let holder = || {
+        let lease = api.get(Resource::Leases, "kube-system", "forwarder-lb-controller").unwrap();
+        lease["spec"]["holderIdentity"].as_str().unwrap_or("").to_owned()
+    };
+    let leader = holder();
+    let follower = if leader == "ctl-a" { "ctl-b" } else { "ctl-a" };
+    // Several renewals later, still one leader, and the other never wrote.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holder(), leader);
+    assert!(log(&leader).contains("leading"), "{}", log(&leader));
+    assert!(!log(follower).contains("leading") && !log(follower).contains("written"), "{}", log(follower));
+    // The leader dies without releasing the Lease.
+    if leader == "ctl-a" {
+        drop(a.take());
+    } else {
+        drop(b);
+    }
+    let mut node_d = recorded_cluster().into_iter().find(|o| o["metadata"]["name"] == "node-a").unwrap();
+    node_d["metadata"]["name"] = json!("node-d");
+    node_d["status"]["addresses"][0]["address"] = json!("198.18.2.14");
+    api.put(node_d);
+    wait_for("the follower's takeover", WAIT, || file(dir.path()).contains("198.18.2.14:31380"));
+    assert_eq!(holder(), follower);
+    assert!(log(follower).contains("leading"), "{}", log(follower));
+    drop(a);
+}
