@@ -35,6 +35,14 @@ fn recorded_cluster() -> Vec<Value> {
     list["items"].as_array().unwrap().clone()
 }
 
+/// A fourth node, Ready, at 198.18.2.14 (a copy of node-a).
+fn node_d() -> Value {
+    let mut node = recorded_cluster().into_iter().find(|o| o["metadata"]["name"] == "node-a").unwrap();
+    node["metadata"]["name"] = json!("node-d");
+    node["status"]["addresses"][0]["address"] = json!("198.18.2.14");
+    node
+}
+
 const HAND_WRITTEN: &str = "# kept by hand\n[[service]]\nname = \"legacy\"\nvip = \"198.51.100.10\"\nport = 443\n\
                             protocol = \"tcp\"\nbackends = [\"198.18.2.50:31443\"]\n\n[kube]\npools = [\"203.0.113.0/29\"]\n";
 
@@ -100,11 +108,7 @@ fn the_controller_follows_the_cluster() {
     assert_eq!(lease["spec"]["holderIdentity"], "ctl-a");
 
     // A node joins: it becomes a backend within seconds.
-    let node_d = recorded_cluster().into_iter().find(|o| o["metadata"]["name"] == "node-a").unwrap();
-    let mut node_d = node_d;
-    node_d["metadata"]["name"] = json!("node-d");
-    node_d["status"]["addresses"][0]["address"] = json!("198.18.2.14");
-    api.put(node_d);
+    api.put(node_d());
     wait_for("node-d as a backend", WAIT, || file(dir.path()).contains("198.18.2.14:31380"));
 
     // The API server drops every watch and forgets its history: the
@@ -307,10 +311,7 @@ fn two_controllers_never_both_lead() {
     } else {
         drop(b);
     }
-    let mut node_d = recorded_cluster().into_iter().find(|o| o["metadata"]["name"] == "node-a").unwrap();
-    node_d["metadata"]["name"] = json!("node-d");
-    node_d["status"]["addresses"][0]["address"] = json!("198.18.2.14");
-    api.put(node_d);
+    api.put(node_d());
     wait_for("the follower's takeover", WAIT, || file(dir.path()).contains("198.18.2.14:31380"));
     assert_eq!(holder(), follower);
     assert!(log(follower).contains("leading"), "{}", log(follower));
