@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod files;
 pub mod host;
 pub mod kernel;
+pub mod kube;
 pub mod logging;
 pub mod maglev;
 pub mod report;

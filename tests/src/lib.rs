@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod client;
 pub mod fixture;
+pub mod kube_api;
 pub mod lab;
 pub mod netns;
 

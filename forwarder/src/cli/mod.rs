@@ -10,6 +10,7 @@ mod check;
 mod completions;
 mod down;
 mod flows;
+mod kube;
 mod output;
 mod run;
 mod service;
@@ -40,6 +41,8 @@ enum Command {
     Flows(flows::FlowsArgs),
     Down(down::DownArgs),
     Completions(completions::CompletionsArgs),
+    #[command(subcommand)]
+    Kube(kube::KubeCommand),
 }
 
 impl Cli {
@@ -83,6 +86,7 @@ impl Cli {
             Command::Flows(args) => args.execute(&run_dir),
             Command::Down(args) => args.execute(&run_dir),
             Command::Completions(args) => args.execute(&mut Cli::command()),
+            Command::Kube(command) => command.execute(),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::net::SocketAddrV4;
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
 
-use super::{BackendSpec, DEFAULT_WEIGHT, Service, ServiceFile, health};
+use super::{BackendSpec, DEFAULT_WEIGHT, KubeSettings, Service, ServiceFile, health};
 
 /// A service file as a document that can be edited.
 #[derive(Clone, Debug)]
@@ -46,6 +46,9 @@ impl Editor {
         if let Some(ip) = file.snat_ip {
             editor.doc["snat_ip"] = value(ip.to_string());
         }
+        if let Some(kube) = &file.kube {
+            editor.set_kube(kube);
+        }
         for service in &file.services {
             editor.add_service(service).expect("a fresh document has the expected layout");
         }
@@ -79,7 +82,7 @@ impl Editor {
     }
 
     pub fn add_service(&mut self, service: &Service) -> Result<(), EditError> {
-        let Service { name, vip, port, protocol, mode, backends, health } = service;
+        let Service { name, vip, port, protocol, mode, backends, health, source_ranges } = service;
         if self.service_index(name).is_ok() {
             return Err(EditError::ServiceExists(name.clone()));
         }
@@ -97,8 +100,24 @@ impl Editor {
         if let Some(health) = health {
             table["health"] = value(health::render(health));
         }
+        if !source_ranges.is_empty() {
+            table["source_ranges"] = value(strings(source_ranges));
+        }
         self.services()?.push(table);
         Ok(())
+    }
+
+    /// Sets the `[kube]` table, replacing any there was.
+    pub fn set_kube(&mut self, kube: &KubeSettings) {
+        let KubeSettings { pools, class, address_type } = kube;
+        let mut table = Table::new();
+        // No pools is written as no key: the parser refuses an empty list.
+        if !pools.is_empty() {
+            table["pools"] = value(strings(pools));
+        }
+        table["class"] = value(class.as_str());
+        table["address_type"] = value(address_type.as_str());
+        self.doc["kube"] = Item::Table(table);
     }
 
     pub fn remove_service(&mut self, name: &str) -> Result<(), EditError> {
@@ -201,6 +220,11 @@ fn backend_value(backend: &BackendSpec) -> Value {
     Value::InlineTable(table)
 }
 
+/// An inline array of the items' text.
+fn strings<T: ToString>(items: &[T]) -> Array {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
 fn find(list: &Array, addr: SocketAddrV4) -> Option<usize> {
     list.iter().position(|entry| {
         let text = match entry {
@@ -300,9 +324,12 @@ backends = [
     fn rendering_round_trips() {
         let text = FILE.replace(
             "protocol = \"tcp\"",
-            "protocol = \"tcp\"\nmode = \"preserve\"\nhealth = { kind = \"http\", port = 32000, path = \"/healthz\" }",
-        );
+            "protocol = \"tcp\"\nmode = \"preserve\"\nhealth = { kind = \"http\", port = 32000, path = \"/healthz\" }\n\
+             source_ranges = [\"192.0.2.0/24\", \"198.51.100.7/32\"]",
+        ) + "\n[kube]\npools = [\"203.0.113.0/28\"]\nclass = \"example.com/lb\"\n";
         let file = ServiceFile::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        assert_eq!(file.services[0].source_ranges.len(), 2);
+        assert_eq!(file.kube.as_ref().map(|k| k.address_type.as_str()), Some("InternalIP"));
         assert_eq!(parsed(&Editor::render(&file)), file);
     }
 }

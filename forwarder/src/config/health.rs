@@ -51,9 +51,9 @@ pub enum HealthKind {
 pub(super) struct HealthTable {
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use toml::{Spanned, Value};
 
 pub mod edit;
-mod health;
+pub mod health;
+pub mod kube;
 pub use health::{HealthKind, HealthSpec};
+pub use kube::KubeSettings;
 
 /// Backend weights go from 0 (draining) to this.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -41,6 +43,9 @@ pub struct ServiceFile {
     /// Source address for snat services, if the file sets one.
     pub snat_ip: Option<Ipv4Addr>,
     pub services: Vec<Service>,
+    /// The `[kube]` table, for `forwarder kube` (the daemon ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeSettings>,
 }
 
 /// One VIP:port:protocol and where its traffic goes.
@@ -54,6 +59,10 @@ pub struct Service {
     pub backends: Vec<BackendSpec>,
     /// Active health checks of the backends, if configured.
     pub health: Option<HealthSpec>,
+    /// Client sources allowed to reach the VIP (`source_ranges`); empty:
+    /// every source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -135,6 +144,7 @@ struct RawFile {
     snat_ip: Option<Spanned<String>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    kube: Option<kube::RawKube>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +157,7 @@ struct RawService {
     mode: Option<Spanned<String>>,
     backends: Spanned<Vec<Spanned<Value>>>,
     health: Option<Spanned<Value>>,
+    source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A validation failure before it is placed in a file.
@@ -182,7 +193,8 @@ impl ServiceFile {
 }
 
 fn validate(raw: RawFile) -> Result<ServiceFile, Problem> {
-    let RawFile { snat_ip, service } = raw;
+    let RawFile { snat_ip, service, kube } = raw;
+    let kube = kube.map(kube::validate).transpose()?;
     let snat_ip = snat_ip.map(|ip| unicast(&ip, "snat_ip")).transpose()?;
     let mut names = HashSet::new();
     let mut listeners = HashSet::new();
@@ -199,11 +211,11 @@ fn validate(raw: RawFile) -> Result<ServiceFile, Problem> {
         }
         services.push(service);
     }
-    Ok(ServiceFile { snat_ip, services })
+    Ok(ServiceFile { snat_ip, services, kube })
 }
 
 fn validate_service(raw: RawService) -> Result<Service, Problem> {
-    let RawService { name, vip, port, protocol, mode, backends, health } = raw;
+    let RawService { name, vip, port, protocol, mode, backends, health, source_ranges } = raw;
     let name = validate_name(&name)?;
     let vip = unicast(&vip, "vip")?;
     let port = validate_port(&port)?;
@@ -251,7 +263,14 @@ fn validate_service(raw: RawService) -> Result<Service, Problem> {
             health::validate(raw.into_inner()).or_else(|message| problem(span, message))
         })
         .transpose()?;
-    Ok(Service { name, vip, port, protocol, mode, backends, health })
+    let source_ranges = match source_ranges {
+        None => Vec::new(),
+        Some(list) if list.get_ref().is_empty() => {
+            return problem(list.span(), "source_ranges is empty: omit it to allow every source");
+        }
+        Some(list) => kube::cidrs(list.into_inner(), "source range", kube::Overlap::Allowed)?,
+    };
+    Ok(Service { name, vip, port, protocol, mode, backends, health, source_ranges })
 }
 
 /// Service names appear on command lines and in metrics labels.

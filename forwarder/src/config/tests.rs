@@ -71,7 +71,7 @@ fn one_port_may_serve_tcp_and_udp() {
 
 #[test]
 fn an_empty_file_has_no_services() {
-    assert_eq!(parse("").unwrap(), ServiceFile { snat_ip: None, services: vec![] });
+    assert_eq!(parse("").unwrap(), ServiceFile { snat_ip: None, services: vec![], kube: None });
 }
 
 /// Replaces `from` with `to` in the good file and expects an error at

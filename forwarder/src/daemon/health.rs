@@ -207,7 +207,9 @@ mod tests {
                     })
                     .collect(),
                 health: None,
+                source_ranges: Vec::new(),
             }],
+            kube: None,
         }
     }
 

@@ -42,6 +42,7 @@ impl Daemon {
                         .map(|addr| BackendSpec { addr, weight: DEFAULT_WEIGHT })
                         .collect(),
                     health: None,
+                    source_ranges: Vec::new(),
                 };
                 changed(self.change(persist, |e| e.add_service(&service)).await)
             }
