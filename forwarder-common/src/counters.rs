@@ -55,10 +55,13 @@ pub enum Reason {
     DropFlowTableFull,
     /// The redirect target rejected the packet: dropped.
     DropRedirectFailed,
+    /// A new connection from a client outside the service's
+    /// `source_ranges`: dropped.
+    DropSourceNotAllowed,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::DropRedirectFailed as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::DropSourceNotAllowed as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -81,6 +84,7 @@ impl Reason {
         Reason::DropReplyCollision,
         Reason::DropFlowTableFull,
         Reason::DropRedirectFailed,
+        Reason::DropSourceNotAllowed,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -95,6 +99,7 @@ impl Reason {
                 | Reason::DropReplyCollision
                 | Reason::DropFlowTableFull
                 | Reason::DropRedirectFailed
+                | Reason::DropSourceNotAllowed
         )
     }
 
@@ -120,6 +125,7 @@ impl Reason {
             Reason::DropReplyCollision => "drop_reply_collision",
             Reason::DropFlowTableFull => "drop_flow_table_full",
             Reason::DropRedirectFailed => "drop_redirect_failed",
+            Reason::DropSourceNotAllowed => "drop_source_not_allowed",
         }
     }
 }

@@ -23,10 +23,23 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const EGRESS: &str = "EGRESS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const SOURCES: &str = "SOURCES";
 
-    /// The maps pinned in bpffs so a restarted daemon adopts them.
-    pub const PINNED: [&str; 9] =
-        [SERVICES, BACKENDS, MAGLEV, FLOWS, SERVICE_TRAFFIC, BACKEND_TRAFFIC, REASONS, EGRESS, SETTINGS];
+    /// The maps pinned in bpffs so a restarted daemon adopts them. A map
+    /// added later (SOURCES) is created and pinned by the first daemon
+    /// that knows it, so adding one needs no layout version.
+    pub const PINNED: [&str; 10] = [
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        FLOWS,
+        SERVICE_TRAFFIC,
+        BACKEND_TRAFFIC,
+        REASONS,
+        EGRESS,
+        SETTINGS,
+        SOURCES,
+    ];
 }
 
 /// Version of the layout of every pinned map. A daemon only adopts pins of
@@ -151,7 +164,32 @@ pub struct ServiceEntry {
     pub mode: u8,
     /// Which of the service's two banks of `BACKENDS` entries is current.
     pub bank: u8,
-    pub _pad: [u8; 2],
+    /// `SERVICE_*` flags.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Service flag: only clients whose address matches one of the service's
+/// prefixes in `SOURCES` may open connections.
+pub const SERVICE_SOURCES_LIMITED: u8 = 1 << 0;
+
+/// Capacity of `SOURCES`: allowed client prefixes, all services together.
+pub const MAX_SOURCE_PREFIXES: u32 = 65536;
+
+/// `SOURCES` key data: a service id and a client address (wire order).
+/// The trie matches the service id's 32 bits first, then the prefix, so a
+/// key's prefix length is 32 plus the prefix's own.
+///
+/// ```
+/// use forwarder_common::maps::source_key_data;
+/// assert_eq!(source_key_data(1, u32::from_ne_bytes([10, 0, 0, 7])), [0, 0, 0, 1, 10, 0, 0, 7]);
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn source_key_data(service_id: u32, addr: u32) -> [u8; 8] {
+    let [i0, i1, i2, i3] = service_id.to_be_bytes();
+    let [a0, a1, a2, a3] = addr.to_ne_bytes();
+    [i0, i1, i2, i3, a0, a1, a2, a3]
 }
 
 /// `BACKENDS` key: a service's backend by its index in the service's list

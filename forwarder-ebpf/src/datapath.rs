@@ -135,6 +135,9 @@ fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
     }
+    if !lb::source_allowed(&service, pkt.key.src) {
+        return Err(Reason::DropSourceNotAllowed);
+    }
     let key = &pkt.key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;

@@ -1,11 +1,15 @@
 //! Service lookup and backend choice (Maglev).
 
+use aya_ebpf::btf_maps::lpm_trie::Key;
 use forwarder_common::{
     counters::Reason,
-    maps::{Backend, BackendKey, FlowKey, NO_BACKEND, ServiceEntry, ServiceKey},
+    maps::{
+        Backend, BackendKey, FlowKey, NO_BACKEND, SERVICE_SOURCES_LIMITED, ServiceEntry, ServiceKey,
+        source_key_data,
+    },
 };
 
-use crate::maps::{BACKENDS, MAGLEV, SERVICES};
+use crate::maps::{BACKENDS, MAGLEV, SERVICES, SOURCES};
 
 /// The service a packet's destination (VIP, port, protocol) belongs to.
 #[inline(always)]
@@ -34,4 +38,14 @@ pub fn pick(service: &ServiceEntry, hash: u32) -> Result<Backend, Reason> {
     // SAFETY: entries of the current bank are not rewritten while it is
     // current; the value is copied at once.
     unsafe { BACKENDS.get(key).copied() }.ok_or(Reason::DropNoBackend)
+}
+
+/// Whether a client at `src` (wire order) may open a connection to
+/// `service`: always, unless the service limits its sources.
+#[inline(always)]
+pub fn source_allowed(service: &ServiceEntry, src: u32) -> bool {
+    if service.flags & SERVICE_SOURCES_LIMITED == 0 {
+        return true;
+    }
+    SOURCES.get(&Key::new(64, source_key_data(service.id, src))).is_some()
 }

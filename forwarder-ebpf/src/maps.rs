@@ -2,7 +2,7 @@
 //! sets the real ones at load time.
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use forwarder_common::{
@@ -10,7 +10,7 @@ use forwarder_common::{
     maps::{
         BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, MAGLEV_INNER_FLAGS,
-        MAGLEV_TEMPLATE_LEN, ServiceEntry, ServiceKey, Settings, backend_entries,
+        MAGLEV_TEMPLATE_LEN, MAX_SOURCE_PREFIXES, ServiceEntry, ServiceKey, Settings, backend_entries,
     },
 };
 
@@ -63,3 +63,8 @@ pub static EGRESS: DevMapHash<MAX_INTERFACES> = DevMapHash::new();
 
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// (service id, client prefix) -> 1: who may open connections to services
+/// with `SERVICE_SOURCES_LIMITED` (see `maps::source_key_data`).
+#[btf_map]
+pub static SOURCES: LpmTrie<[u8; 8], u8, { MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();

@@ -17,7 +17,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/forwarder";
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, Xdp},
 };
 use forwarder_common::{
@@ -123,6 +123,8 @@ pub struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub egress: DevMapHash<MapData>,
     pub settings: Array<MapData, Settings>,
+    /// Allowed client prefixes of services with `source_ranges`.
+    pub sources: LpmTrie<MapData, [u8; 8], u8>,
 }
 
 /// The loaded datapath. Dropping it detaches every program whose link is
@@ -213,6 +215,7 @@ impl Kernel {
             reasons: take(&mut ebpf, names::REASONS)?,
             egress: take(&mut ebpf, names::EGRESS)?,
             settings: take(&mut ebpf, names::SETTINGS)?,
+            sources: take(&mut ebpf, names::SOURCES)?,
         };
         Ok(Self { ebpf, object, maps, pins, adopted, links: Vec::new() })
     }

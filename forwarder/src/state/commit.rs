@@ -6,7 +6,7 @@ use forwarder_common::{
     maps::{BACKEND_BANKS, Backend, BackendKey, ServiceKey, names, wire_addr, wire_port},
 };
 
-use super::{ApplyError, InstalledService, ServiceTable, Summary, map_err, plan::Plan};
+use super::{ApplyError, InstalledService, ServiceTable, Summary, map_err, plan::Plan, trie_key};
 use crate::kernel::Maps;
 
 impl ServiceTable {
@@ -28,6 +28,10 @@ impl ServiceTable {
             }
             if current.is_none_or(|c| c.bank != service.bank || rewrite_all) {
                 write_backends(maps, service)?;
+            }
+            // Allowed sources go in before the entry that starts using them.
+            for key in service.source_keys() {
+                maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
             }
             maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
             if let Some(old) = current.filter(|c| c.key() != service.key()) {
@@ -63,14 +67,22 @@ impl ServiceTable {
 
         self.service_ids = service_ids;
         self.backend_ids = backend_ids;
-        self.services = next;
-        let retiring = self.retire_later();
+        let previous = std::mem::replace(&mut self.services, next);
+        let retiring = &mut self.retiring;
+        retiring.since = Some(std::time::Instant::now());
         let mut tables: Vec<u32> = unused_tables.into_iter().chain(adopted_tables).collect();
         tables.sort_unstable();
         tables.dedup();
         retiring.tables.extend(tables);
         retiring.backend_ids.extend(freed_backends);
+        for (name, service) in &self.services {
+            if let Some(old) = previous.get(name) {
+                let keys = service.source_keys();
+                retiring.source_keys.extend(old.source_keys().into_iter().filter(|k| !keys.contains(k)));
+            }
+        }
         for old in removed {
+            retiring.source_keys.extend(old.source_keys());
             retiring.service_ids.push(old.id);
             retiring.backend_ids.extend(old.backends.iter().map(|b| b.id));
             for bank in 0..BACKEND_BANKS as u8 {

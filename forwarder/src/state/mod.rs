@@ -27,7 +27,8 @@ use std::{
 
 use aya::maps::MapError;
 use forwarder_common::maps::{
-    BACKEND_BANKS, BackendKey, ServiceEntry, ServiceKey, names, wire_addr, wire_port,
+    BACKEND_BANKS, BackendKey, SERVICE_SOURCES_LIMITED, ServiceEntry, ServiceKey, names, source_key_data,
+    wire_addr, wire_port,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,13 @@ use crate::{
     config::{Mode, Protocol, ServiceFile},
     kernel::{Capacity, Maps},
 };
+
+/// A `SOURCES` key: its prefix length and data (service id, client prefix).
+pub type SourceKey = (u32, [u8; 8]);
+
+fn trie_key((prefix_len, data): SourceKey) -> aya::maps::lpm_trie::Key<[u8; 8]> {
+    aya::maps::lpm_trie::Key::new(prefix_len, data)
+}
 
 /// How long something no longer referenced waits before it is deleted: far
 /// longer than any packet takes to go through the datapath.
@@ -50,6 +58,8 @@ pub enum ApplyError {
     TooManyBackends { wanted: usize, capacity: u32 },
     #[error("too many distinct Maglev tables: capacity {capacity} (raise --max-tables)")]
     TooManyTables { capacity: u32 },
+    #[error("too many source_ranges prefixes: {wanted} configured, capacity {capacity}")]
+    TooManySourcePrefixes { wanted: usize, capacity: u32 },
     #[error("service {service:?}: no SNAT address for backend {backend}: {reason}")]
     NoSnatAddress { service: String, backend: SocketAddrV4, reason: String },
     #[error(transparent)]
@@ -103,6 +113,9 @@ pub struct InstalledService {
     /// Id of its (possibly shared) Maglev table in `MAGLEV`, and its length.
     pub maglev_table: u32,
     pub maglev_len: u32,
+    /// Client prefixes allowed to open connections; empty: every client.
+    #[serde(default)]
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
 }
 
 impl InstalledService {
@@ -122,8 +135,20 @@ impl InstalledService {
             maglev_len: self.maglev_len,
             mode: self.mode.nat_mode() as u8,
             bank: self.bank,
-            _pad: [0; 2],
+            flags: if self.source_ranges.is_empty() { 0 } else { SERVICE_SOURCES_LIMITED },
+            _pad: 0,
         }
+    }
+
+    /// Its `SOURCES` keys.
+    fn source_keys(&self) -> Vec<SourceKey> {
+        self.source_ranges
+            .iter()
+            .map(|net| {
+                let data = source_key_data(self.id, wire_addr(net.network()));
+                (32 + u32::from(net.prefix_len()), data)
+            })
+            .collect()
     }
 
     /// The slots of this service's Maglev table, as the kernel holds them:
@@ -164,6 +189,7 @@ impl Summary {
 struct Retiring {
     since: Option<Instant>,
     backend_entries: Vec<BackendKey>,
+    source_keys: Vec<SourceKey>,
     tables: Vec<u32>,
     service_ids: Vec<u32>,
     backend_ids: Vec<u32>,
@@ -255,7 +281,7 @@ impl ServiceTable {
         if since.elapsed() < RETIRE_AFTER {
             return Ok(());
         }
-        let Retiring { since: _, backend_entries, tables, service_ids, backend_ids } =
+        let Retiring { since: _, backend_entries, source_keys, tables, service_ids, backend_ids } =
             std::mem::take(&mut self.retiring);
         for key in backend_entries {
             match maps.backends.remove(&key) {
@@ -263,15 +289,22 @@ impl ServiceTable {
                 Err(source) => return Err(ApplyError::Map { map: names::BACKENDS, source }),
             }
         }
+        // A key the current configuration wants again (same service, same
+        // prefix) was rewritten since and must stay.
+        let wanted: Vec<SourceKey> = self.services.values().flat_map(InstalledService::source_keys).collect();
+        for key in source_keys {
+            if wanted.contains(&key) {
+                continue;
+            }
+            match maps.sources.remove(&trie_key(key)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(ApplyError::Map { map: names::SOURCES, source }),
+            }
+        }
         self.tables.remove(&maps.maglev, tables)?;
         service_ids.into_iter().for_each(|id| self.service_ids.give_back(id));
         backend_ids.into_iter().for_each(|id| self.backend_ids.give_back(id));
         Ok(())
-    }
-
-    fn retire_later(&mut self) -> &mut Retiring {
-        self.retiring.since = Some(Instant::now());
-        &mut self.retiring
     }
 
     /// Removes service entries and Maglev tables nothing accounts for

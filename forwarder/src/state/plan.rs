@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use forwarder_common::maps::{BACKEND_BANKS, other_bank};
+use forwarder_common::maps::{BACKEND_BANKS, MAX_SOURCE_PREFIXES, other_bank};
 
 use super::{
     ApplyError, InstalledBackend, InstalledService, ServiceTable, ids::IdPool, maglev_tables::MaglevKey,
@@ -79,13 +79,26 @@ impl ServiceTable {
             fresh_services: Vec::new(),
             fresh_backends: Vec::new(),
         };
-        match self.plan_services(file, sources, &mut plan) {
+        match self.plan_services_checked(file, sources, &mut plan) {
             Ok(()) => Ok(plan),
             Err(err) => {
                 self.tables.forget(std::mem::take(&mut plan.new_tables));
                 Err(err)
             }
         }
+    }
+
+    fn plan_services_checked(
+        &mut self,
+        file: &ServiceFile,
+        sources: &SnatSources,
+        plan: &mut Plan,
+    ) -> Result<(), ApplyError> {
+        let wanted: usize = file.services.iter().map(|s| s.source_ranges.len()).sum();
+        if wanted > MAX_SOURCE_PREFIXES as usize {
+            return Err(ApplyError::TooManySourcePrefixes { wanted, capacity: MAX_SOURCE_PREFIXES });
+        }
+        self.plan_services(file, sources, plan)
     }
 
     fn plan_services(
@@ -157,6 +170,7 @@ impl ServiceTable {
                 written: [0; BACKEND_BANKS as usize],
                 maglev_table,
                 maglev_len: key.len(),
+                source_ranges: spec.source_ranges.clone(),
             };
             if let Some(current) = current {
                 let flip = rewrite_all || !current.same_backends(&next);
