@@ -5,7 +5,8 @@ use clap::Args;
 
 use crate::{build, cmd};
 
-/// Build, then install the daemon: the binary, a systemd unit, shell
+/// Build, then install the daemon: the binary, systemd units (the daemon,
+/// and `forwarder kube run` for Kubernetes clusters), shell
 /// completions, the README, and (where none exist yet) an example service
 /// file and unit settings. Needs root unless --root points elsewhere.
 #[derive(Debug, Args)]
@@ -28,11 +29,18 @@ impl Install {
         let bin_dir = prefix.join("bin");
 
         copy(&binary, &at(&bin_dir.join("forwarder")), 0o755)?;
-        let unit = std::fs::read_to_string(workspace.join("forwarder/packaging/forwarder.service"))?
-            .replace("@BINDIR@", &bin_dir.display().to_string())
-            .replace("/usr/local/share/doc", &prefix.join("share/doc").display().to_string());
-        write(&at(Path::new("/etc/systemd/system/forwarder.service")), &unit, 0o644)?;
+        for (source, target) in [
+            ("forwarder/packaging/forwarder.service", "/etc/systemd/system/forwarder.service"),
+            ("forwarder/packaging/kube/forwarder-kube.service", "/etc/systemd/system/forwarder-kube.service"),
+        ] {
+            let unit = std::fs::read_to_string(workspace.join(source))?
+                .replace("@BINDIR@", &bin_dir.display().to_string())
+                .replace("/usr/local/share/doc", &prefix.join("share/doc").display().to_string());
+            write(&at(Path::new(target)), &unit, 0o644)?;
+        }
         copy(&workspace.join("README.md"), &at(&prefix.join("share/doc/forwarder/README.md")), 0o644)?;
+        let kube_doc = prefix.join("share/doc/forwarder/kubernetes.md");
+        copy(&workspace.join("forwarder/packaging/kube/README.md"), &at(&kube_doc), 0o644)?;
         for (shell, path) in [
             ("bash", "share/bash-completion/completions/forwarder"),
             ("zsh", "share/zsh/site-functions/_forwarder"),
@@ -44,6 +52,7 @@ impl Install {
         }
         for (source, target) in [
             ("forwarder/packaging/forwarder.default", "/etc/default/forwarder"),
+            ("forwarder/packaging/kube/forwarder-kube.default", "/etc/default/forwarder-kube"),
             ("forwarder/examples/services.toml", "/etc/forwarder/services.toml"),
         ] {
             let target = at(Path::new(target));
