@@ -77,16 +77,19 @@ pub fn touch(entry: &mut FlowEntry, packet_seen: u8, now: u64) {
     }
 }
 
-/// Stores the next hop of the flow keyed `key`, as looked up for a packet
-/// of IPv4 total length `ip_len` (a racing writer stores an answer as
-/// recent; at worst a packet looks the route up once more).
+/// Records a forwarded packet on the flow keyed `key` (looked up afresh)
+/// and, with `hop`, the next hop its route lookup found for a packet of
+/// IPv4 total length `len` (a racing writer stores an answer as recent; at
+/// worst a packet looks the route up once more).
 #[inline(always)]
-pub fn cache_hop(key: &FlowKey, hop: NextHop, ip_len: u16) {
+pub fn record(key: &FlowKey, packet_seen: u8, now: u64, hop: Option<(NextHop, u16)>) {
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value pointer from the lookup helper.
-        unsafe {
-            (*entry).hop = hop;
-            (*entry).hop_len = ip_len;
+        // SAFETY: a map value pointer from the lookup helper, used at once.
+        let entry = unsafe { &mut *entry };
+        if let Some((hop, len)) = hop {
+            entry.hop = hop;
+            entry.hop_len = len;
         }
+        touch(entry, packet_seen, now);
     }
 }

@@ -80,28 +80,34 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         return Err(Reason::PassTtlExpired);
     }
     let ingress = hook.ingress_ifindex();
-    let route = if cached {
-        Route::Via(entry.hop)
-    } else {
-        let route = fwd::route(hook.ctx(), ingress, &pkt, &entry)?;
-        if let Route::Via(hop) = route {
-            conntrack::cache_hop(&pkt.key, hop, pkt.ip_len);
-        }
-        route
-    };
     // Only a packet that is forwarded changes its connection's state: a
     // spoofed RST that would expire (TTL 1) or has no route never reaches
-    // the node, so it must not close the connection here either.
-    let record = || {
-        if let Some(found) = tracked {
-            // SAFETY: the map value pointer found above; entries are freed
-            // only after an RCU grace period, which this program outlives.
+    // the node, so it must not close the connection here either. The
+    // common case (a cached next hop) records it through the pointer just
+    // found; after a route lookup the entry is looked up again, since LRU
+    // entries are recycled at once and the pointer may meanwhile name
+    // another flow's.
+    let route = match (cached, tracked) {
+        (true, Some(found)) => {
+            // SAFETY: the map value pointer found above, used at once.
             conntrack::touch(unsafe { &mut *found }, pkt.seen, now);
+            Route::Via(entry.hop)
+        }
+        _ => {
+            let route = fwd::route(hook.ctx(), ingress, &pkt, &entry)?;
+            match &route {
+                Route::Via(hop) => conntrack::record(&pkt.key, pkt.seen, now, Some((*hop, pkt.ip_len))),
+                Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
+                    conntrack::record(&pkt.key, pkt.seen, now, None)
+                }
+                // The TC program translates (and records) it.
+                Route::NoNeigh { .. } => {}
+            }
+            route
         }
     };
     match route {
         Route::Via(hop) => {
-            record();
             nat::rewrite(&pkt, &entry);
             fwd::set_macs(&pkt, &hop);
             stats::forwarded(&entry, pkt.ip_len);
@@ -114,13 +120,11 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
-            record();
             nat::rewrite(&pkt, &entry);
             stats::forwarded(&entry, pkt.ip_len);
             stats::reason(Reason::RedirectNeigh);
             Ok(Verdict::RedirectNeigh { ifindex, nexthop })
         }
-        // The TC program translates (and records) it.
         Route::NoNeigh { .. } => {
             stats::reason(Reason::HandedToTc);
             Ok(Verdict::HandToNeighHook)

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use forwarder_common::{
-    conntrack::{ConnState, FLAG_REPLY, directions, expired, timeout_ns},
-    maps::{FlowEntry, FlowKey},
+    conntrack::{ConnState, FLAG_REPLY, SEEN_ACK, SEEN_PACKET, directions, expired, timeout_ns},
+    maps::{FlowEntry, FlowKey, PROTO_TCP},
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -84,4 +84,25 @@ pub fn scan(flows: &FlowMap) -> Vec<Conn> {
         }
     }
     conns
+}
+
+/// Marks the handshake done on TCP connections a datapath of the release
+/// before `SEEN_ACK` tracked (records of v0): it never set the bit, so its
+/// answered connections would fall to the handshake timeout. Its rule was
+/// "established once the node answered", which this keeps for them.
+/// Returns how many were marked.
+pub fn mark_handshakes_done(flows: &mut FlowMap) -> usize {
+    let mut marked = 0;
+    for conn in scan(flows) {
+        let answered = conn.reply.is_some_and(|reply| reply.seen & SEEN_PACKET != 0);
+        if conn.orphan || conn.key.proto != PROTO_TCP || !answered || conn.original.seen & SEEN_ACK != 0 {
+            continue;
+        }
+        let mut entry = conn.original;
+        entry.seen |= SEEN_ACK;
+        if flows.insert(conn.key, entry, 0).is_ok() {
+            marked += 1;
+        }
+    }
+    marked
 }

@@ -4,7 +4,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,8 +34,10 @@ type Labels = Vec<(String, String)>;
 /// so a flood of scrapes cannot queue stats builds ahead of CLI calls.
 const CACHE_FOR: Duration = Duration::from_secs(1);
 
-/// The last rendered text and when it was rendered.
-type Cache = Arc<Mutex<Option<(Instant, String)>>>;
+/// The last rendered text and when it was rendered. Held across a
+/// refresh, so concurrent scrapes of a stale cache wait for one stats
+/// build instead of each asking for their own.
+type Cache = Arc<tokio::sync::Mutex<Option<(Instant, String)>>>;
 
 /// Serves metrics on `addr` until the process ends.
 pub async fn spawn(addr: SocketAddr, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
@@ -73,13 +75,13 @@ async fn handle(
     if request.uri().path() != "/metrics" {
         return Ok(reply(StatusCode::NOT_FOUND, "see /metrics\n".to_owned()));
     }
-    let cached = cache.lock().expect("metrics cache lock").clone();
-    let text = match cached {
-        Some((at, text)) if at.elapsed() < CACHE_FOR => text,
+    let mut cached = cache.lock().await;
+    let text = match &*cached {
+        Some((at, text)) if at.elapsed() < CACHE_FOR => text.clone(),
         _ => match ask(&calls, Request::Stats).await {
             Response::Stats(stats) => {
                 let text = render(&stats);
-                *cache.lock().expect("metrics cache lock") = Some((Instant::now(), text.clone()));
+                *cached = Some((Instant::now(), text.clone()));
                 text
             }
             Response::Refused(reason) => return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, reason)),

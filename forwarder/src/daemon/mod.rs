@@ -159,9 +159,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let (calls, mut requests) = mpsc::channel::<Call>(64);
     let (file_events, mut file_changes) = mpsc::channel(1);
-    let started = daemon.start(file, &ifaces, xdp_mode, adopted).await;
-    let started = match started {
-        Ok(()) => daemon.serve(listener, &calls, metrics, watch.then_some(file_events)).await,
+    // The servers first: binding them can fail (a port in use) before
+    // anything on the host has changed. Requests wait for the loop.
+    let served = daemon.serve(listener, &calls, metrics, watch.then_some(file_events)).await;
+    let migrate = adopted && previous.version == 0;
+    let started = match served {
+        Ok(watcher) => daemon.start(file, &ifaces, xdp_mode, adopted, migrate).await.map(|()| watcher),
         Err(err) => Err(err),
     };
     let _watcher = match started {
@@ -220,22 +223,33 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// The start, in order: forwarding sysctls, the service table, the
-    /// links (adopted or new), neighbours; then the record.
+    /// The start, in order: the host's ports checked, forwarding sysctls,
+    /// the links (adopted ones now run this program, on the same maps),
+    /// the service table, neighbours; then the record. Links come before
+    /// the table so that no entry this program's datapath reads
+    /// differently (source limits) is ever served by a predecessor's.
     async fn start(
         &mut self,
         file: ServiceFile,
         ifaces: &[String],
         xdp_mode: AttachMode,
         adopted: bool,
+        migrate: bool,
     ) -> anyhow::Result<()> {
+        if file.services.iter().any(|s| s.mode == crate::config::Mode::Snat) {
+            crate::host::ports::check_snat_range()?;
+        }
         self.host.sysctls.enable_forwarding(ifaces)?;
+        for iface in ifaces {
+            self.kernel.attach(iface, xdp_mode)?;
+        }
+        if migrate {
+            let marked = crate::conntrack::mark_handshakes_done(&mut self.kernel.maps.flows);
+            info!(marked, "connections of the previous release marked established");
+        }
         self.apply(file).await.context("applying the service file")?;
         if adopted {
             self.table.prune(&mut self.kernel.maps)?;
-        }
-        for iface in ifaces {
-            self.kernel.attach(iface, xdp_mode)?;
         }
         self.kernel.detach_others()?;
         self.prefetch().await;

@@ -46,7 +46,8 @@ async fn serve(stream: UnixStream, calls: mpsc::Sender<Call>, _permit: OwnedSema
         };
         let mut text = serde_json::to_string(&response).expect("responses serialise");
         text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() || last {
+        let written = tokio::time::timeout(IDLE_TIMEOUT, write.write_all(text.as_bytes())).await;
+        if !matches!(written, Ok(Ok(()))) || last {
             debug!("control client went away");
             return;
         }

@@ -25,6 +25,7 @@ mod neighbours;
 mod owned;
 pub mod ports;
 mod record;
+mod record_v0;
 pub mod routes;
 mod sysctl;
 mod vips;

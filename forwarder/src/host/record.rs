@@ -28,6 +28,8 @@ pub const RECORD_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Record {
+    /// The format it was read in (0: before versions); always written as
+    /// [`RECORD_VERSION`].
     pub version: u32,
     /// Layout version of the pinned maps this record describes.
     pub layout: u32,
@@ -131,17 +133,36 @@ impl Record {
 fn load(dir: &Path) -> Result<Option<Record>, RecordError> {
     let path = dir.join(RECORD);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let record: Record = serde_json::from_str(&text)
-                .map_err(|error| RecordError::Decode { path: path.clone(), error })?;
-            if record.version > RECORD_VERSION {
-                return Err(RecordError::Newer { path, found: record.version });
-            }
-            Ok(Some(record))
-        }
+        Ok(text) => decode(&text).map(Some).map_err(|error| match error {
+            Decoded::Json(error) => RecordError::Decode { path: path.clone(), error },
+            Decoded::Newer(found) => RecordError::Newer { path: path.clone(), found },
+        }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io(&path)(err)),
     }
+}
+
+enum Decoded {
+    Json(serde_json::Error),
+    Newer(u32),
+}
+
+/// A record of this version, or of v0 (no `version` field) converted.
+fn decode(text: &str) -> Result<Record, Decoded> {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(Decoded::Json)?;
+    let v0 = value.get("version").is_none();
+    let v0_services = if v0 { value.as_object_mut().and_then(|o| o.remove("services")) } else { None };
+    let mut record: Record = serde_json::from_value(value).map_err(Decoded::Json)?;
+    if record.version > RECORD_VERSION {
+        return Err(Decoded::Newer(record.version));
+    }
+    if let Some(list) = v0_services {
+        record.services = super::record_v0::services(list).map_err(Decoded::Json)?;
+    }
+    if v0 {
+        record.version = 0;
+    }
+    Ok(record)
 }
 
 fn save(dir: &Path, record: &Record) -> Result<(), RecordError> {
@@ -173,6 +194,33 @@ mod tests {
         std::fs::write(dir.path().join(RECORD), text).unwrap();
         let record = load(dir.path()).unwrap().unwrap();
         assert_eq!((record.layout, record.services.len(), record.forwarding.len()), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_record_of_the_release_before_versions_is_converted() {
+        // As the previous release wrote it: no version, each service with
+        // its configuration embedded and `table` / `table_len`.
+        let text = r#"{
+          "layout": 3, "pin_dir": "/sys/fs/bpf/forwarder",
+          "services": [{
+            "spec": {"name": "web", "vip": "10.0.100.10", "port": 80, "protocol": "tcp", "mode": "snat",
+                     "backends": [{"addr": "10.0.2.11:30080", "weight": 1}], "health": null},
+            "id": 0,
+            "backends": [{"spec": {"addr": "10.0.2.11:30080", "weight": 1}, "id": 3, "snat": "10.0.2.1"}],
+            "bank": 1, "written": [1, 1], "table": 2, "table_len": 16381
+          }],
+          "neighbours": [{"ifindex": 4, "addr": "10.0.2.11"}],
+          "announced": [], "forwarding": ["/proc/sys/net/ipv4/conf/f-lan/forwarding"]
+        }"#;
+        let Ok(record) = decode(text) else { panic!("a v0 record decodes") };
+        let web = &record.services[0];
+        assert_eq!(
+            (web.name.as_str(), web.port, web.bank, web.maglev_table, web.maglev_len),
+            ("web", 80, 1, 2, 16381)
+        );
+        assert_eq!((web.backends[0].id, web.backends[0].snat), (3, Some("10.0.2.1".parse().unwrap())));
+        assert_eq!(record.neighbours[0].ifindex, 4);
+        assert_eq!(record.version, 0, "read as v0 (its datapath needs a migration)");
     }
 
     #[test]

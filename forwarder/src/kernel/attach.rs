@@ -105,6 +105,19 @@ impl Kernel {
             }
         };
 
+        // Held links go on the list even when the rest fails, so that
+        // `abort` finds (and detaches) the ones this start made.
+        let rest = self.attach_tc(iface, index, &mut held);
+        self.links.push(Attached { iface: iface.to_owned(), held });
+        rest?;
+        info!(%iface, ifindex = index, ?attachment, "attached");
+        Ok(attachment)
+    }
+
+    /// The TC program on `iface` (adopting its pinned link if any), and the
+    /// interface as a redirect target.
+    fn attach_tc(&mut self, iface: &str, index: u32, held: &mut Vec<Held>) -> Result<(), KernelError> {
+        let attach_err = |source: ProgramError| KernelError::Attach { iface: iface.to_owned(), source };
         let tc_pin = self.pins.as_ref().map(|pins| pins.link("tc", iface));
         match &tc_pin {
             Some(pin) if pin.exists() => {
@@ -131,9 +144,7 @@ impl Kernel {
             }
         }
         self.maps.egress.insert(index, index, None, 0).map_err(|err| KernelError::Egress(err.to_string()))?;
-        info!(%iface, ifindex = index, ?attachment, "attached");
-        self.links.push(Attached { iface: iface.to_owned(), held });
-        Ok(attachment)
+        Ok(())
     }
 
     /// Detaches pinned links of interfaces this daemon no longer serves

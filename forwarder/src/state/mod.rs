@@ -62,8 +62,6 @@ pub enum ApplyError {
     TooManySourcePrefixes { wanted: usize, capacity: u32 },
     #[error("service {service:?}: no SNAT address for backend {backend}: {reason}")]
     NoSnatAddress { service: String, backend: SocketAddrV4, reason: String },
-    #[error(transparent)]
-    SnatPorts(#[from] crate::host::ports::PortsError),
     #[error("writing map {map}: {source}")]
     Map {
         map: &'static str,
@@ -270,7 +268,7 @@ impl ServiceTable {
     /// Makes the maps serve `file`, changing only what differs.
     pub fn apply(&mut self, file: &ServiceFile, maps: &mut Maps) -> Result<Summary, ApplyError> {
         self.retire(maps)?;
-        let sources = SnatSources::resolve(file, self.snat_override)?;
+        let sources = SnatSources::resolve(file, self.snat_override);
         let plan = self.plan(file, &sources)?;
         self.commit(plan, maps)
     }
@@ -307,9 +305,25 @@ impl ServiceTable {
         Ok(())
     }
 
-    /// Removes service entries and Maglev tables nothing accounts for
-    /// (left by an earlier daemon that died before recording them).
+    /// Removes service entries, allowed-source prefixes and Maglev tables
+    /// nothing accounts for (left by an earlier daemon that died before
+    /// recording them or before retiring them): a stale prefix must not
+    /// admit clients to a later service that gets the same id.
     pub fn prune(&self, maps: &mut Maps) -> Result<(), ApplyError> {
+        let wanted: Vec<SourceKey> = self.services.values().flat_map(InstalledService::source_keys).collect();
+        let stale: Vec<SourceKey> = maps
+            .sources
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| (key.prefix_len(), key.data()))
+            .filter(|key| !wanted.contains(key))
+            .collect();
+        for key in stale {
+            match maps.sources.remove(&trie_key(key)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(ApplyError::Map { map: names::SOURCES, source }),
+            }
+        }
         let keys: Vec<ServiceKey> = self.services.values().map(InstalledService::key).collect();
         let stale: Vec<ServiceKey> =
             maps.services.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::{Mode, ServiceFile},
-    host::{ports, routes},
+    host::routes,
 };
 
 /// The SNAT source address towards each node a snat-mode service uses:
@@ -26,12 +26,9 @@ pub struct SnatSources {
 }
 
 impl SnatSources {
-    /// Asks the host for the sources `file` needs, after checking that the
-    /// host's own ephemeral ports leave the SNAT ports alone.
-    pub fn resolve(file: &ServiceFile, snat_override: Option<Ipv4Addr>) -> Result<Self, ApplyError> {
-        if file.services.iter().any(|s| s.mode == Mode::Snat) {
-            ports::check_snat_range()?;
-        }
+    /// Asks the host for the sources `file` needs.
+    #[must_use]
+    pub fn resolve(file: &ServiceFile, snat_override: Option<Ipv4Addr>) -> Self {
         let configured = file.snat_ip.or(snat_override);
         let mut by_node = HashMap::new();
         if configured.is_none() {
@@ -43,7 +40,7 @@ impl SnatSources {
                 }
             }
         }
-        Ok(Self { configured, by_node })
+        Self { configured, by_node }
     }
 
     fn towards(&self, node: Ipv4Addr) -> Result<Ipv4Addr, String> {
