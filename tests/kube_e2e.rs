@@ -7,7 +7,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -16,21 +16,12 @@ use forwarder_tests::{
     forwarder_bin,
     kube_api::{FakeApi, store::Resource, wait_for},
     lab::{CLIENT, FORWARDER_LAN_SIDE, Lab, node_addr},
+    netns::Process,
     require_root,
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn recorded(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/kube/cluster.json");
@@ -76,21 +67,16 @@ fn a_service_in_the_cluster_becomes_traffic_through_its_vip() {
 
     let api = FakeApi::start(vec![node(0), node(1)]);
     let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
     // The fake listens on this process's loopback: the controller runs
     // beside it; only the file it writes is shared with the lab's daemon.
-    let controller = Command::new(forwarder_bin())
+    let mut command = Command::new(forwarder_bin());
+    command
         .args(["kube", "run", "--services"])
         .arg(&path)
         .args(["--lease-namespace", "kube-system", "--identity", "lab", "--lease-duration", "3s"])
         .env("KUBECONFIG", api.kubeconfig(dir.path()))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start forwarder kube run");
-    let _controller = Running(controller);
-    let controller_log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+        .env("RUST_LOG", "info");
+    let controller = Process::spawn("forwarder kube run", command).expect("start forwarder kube run");
 
     api.put(service());
     wait_for("the VIP in the Service's status", WAIT, || {
@@ -103,7 +89,7 @@ fn a_service_in_the_cluster_becomes_traffic_through_its_vip() {
     assert_eq!(vip, Ipv4Addr::new(10, 0, 100, 9), "the pool's first usable address");
     forwarder
         .wait_for("reloaded", 1, WAIT)
-        .unwrap_or_else(|err| panic!("{err}\ncontroller:\n{}", controller_log()));
+        .unwrap_or_else(|err| panic!("{err}\ncontroller:\n{}", controller.output()));
 
     let answers: Vec<_> =
         lab.client.enter(|| (0..20).map(|_| http_get(SocketAddrV4::new(vip, 80))).collect());
