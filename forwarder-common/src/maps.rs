@@ -1,5 +1,9 @@
 //! Keys and values of the BPF maps, as laid out in kernel memory.
 //!
+//! Longer than most files on purpose: this is the whole contract between
+//! the datapath and user space (every key, value, flag and map name), and
+//! it reads best, and is reviewed best, in one place.
+//!
 //! Addresses and ports are in wire order (the packet's bytes read as a native
 //! integer); see [`wire_addr`] and [`wire_port`].
 

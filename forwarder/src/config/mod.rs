@@ -1,5 +1,9 @@
 //! The service file: parsing and validation.
 //!
+//! Longer than most files because the schema (the raw and the validated
+//! types) and the rule for each field sit together, in the file's order;
+//! the `health` and `[kube]` tables have their own files.
+//!
 //! Everything is checked before anything is applied; an error names the
 //! file, the line and column, and the problem, on one line:
 //!

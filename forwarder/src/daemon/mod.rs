@@ -5,7 +5,8 @@
 //! changes, health transitions and timers. Nothing else writes the maps, so
 //! every change is applied whole or not at all ([`change`]).
 //!
-//! This file is the order of things: what is checked before the host is
+//! This file is the order of things (and longer than most for it, so the
+//! whole order reads in one place): what is checked before the host is
 //! touched, what a start changes and in which order, how a failed start
 //! puts back only what it changed itself, the event loop, and the exits.
 //! SIGTERM or SIGINT stop (detach; pinned maps stay so the next daemon
