@@ -76,26 +76,20 @@ impl ServiceTable {
             fresh_services: Vec::new(),
             fresh_backends: Vec::new(),
         };
-        match self.plan_services_checked(file, sources, &mut plan) {
+        let prefixes: usize = file.services.iter().map(|s| s.source_ranges.len()).sum();
+        if prefixes > MAX_SOURCE_PREFIXES as usize {
+            return Err(ApplyError::TooManySourcePrefixes {
+                wanted: prefixes,
+                capacity: MAX_SOURCE_PREFIXES,
+            });
+        }
+        match self.plan_services(file, sources, &mut plan) {
             Ok(()) => Ok(plan),
             Err(err) => {
                 self.tables.forget(std::mem::take(&mut plan.new_tables));
                 Err(err)
             }
         }
-    }
-
-    fn plan_services_checked(
-        &mut self,
-        file: &ServiceFile,
-        sources: &SnatSources,
-        plan: &mut Plan,
-    ) -> Result<(), ApplyError> {
-        let wanted: usize = file.services.iter().map(|s| s.source_ranges.len()).sum();
-        if wanted > MAX_SOURCE_PREFIXES as usize {
-            return Err(ApplyError::TooManySourcePrefixes { wanted, capacity: MAX_SOURCE_PREFIXES });
-        }
-        self.plan_services(file, sources, plan)
     }
 
     fn plan_services(
