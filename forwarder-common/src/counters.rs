@@ -53,7 +53,9 @@ pub enum Reason {
     DropReplyCollision,
     /// The flow table refused a new entry: dropped.
     DropFlowTableFull,
-    /// The redirect target rejected the packet: dropped.
+    /// The packet could not be sent on: the redirect target rejected it,
+    /// or (TC) the kernel could not make the skb writable to update its
+    /// checksums: dropped.
     DropRedirectFailed,
     /// A new connection from a client outside the service's
     /// `source_ranges`: dropped.

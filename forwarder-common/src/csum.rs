@@ -46,6 +46,22 @@ pub const fn addr_delta(old: u32, new: u32) -> u16 {
     fold(word_delta(old as u16, new as u16) + word_delta((old >> 16) as u16, (new >> 16) as u16))
 }
 
+/// The delta of an IPv4 packet's addresses changing from `from_src, from_dst`
+/// to `to_src, to_dst`: what the IP header and the L4 pseudo-header see.
+#[inline(always)]
+#[must_use]
+pub const fn addrs_delta(from_src: u32, from_dst: u32, to_src: u32, to_dst: u32) -> u16 {
+    combine(addr_delta(from_src, to_src), addr_delta(from_dst, to_dst))
+}
+
+/// The delta of a TCP or UDP header's ports changing (wire order): the
+/// part of an L4 checksum change outside the pseudo-header.
+#[inline(always)]
+#[must_use]
+pub const fn ports_delta(from_sport: u16, from_dport: u16, to_sport: u16, to_dport: u16) -> u16 {
+    fold(word_delta(from_sport, to_sport) + word_delta(from_dport, to_dport))
+}
+
 /// Combines two deltas.
 #[inline(always)]
 #[must_use]

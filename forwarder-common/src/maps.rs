@@ -53,7 +53,10 @@ pub const LAYOUT_VERSION: u32 = 3;
 /// Program names in the eBPF object.
 pub mod programs {
     pub const XDP: &str = "forwarder_xdp";
+    /// Beside XDP: what XDP hands over.
     pub const TC: &str = "forwarder_tc";
+    /// Instead of XDP: every packet.
+    pub const TC_ALL: &str = "forwarder_tc_all";
 }
 
 /// Default capacity of the service table.
@@ -307,9 +310,8 @@ impl FlowEntry {
         flags: u8,
         now_ns: u64,
     ) -> Self {
-        let addrs = csum::combine(csum::addr_delta(from.src, to.src), csum::addr_delta(from.dst, to.dst));
-        let ports =
-            csum::fold(csum::word_delta(from.sport, to.sport) + csum::word_delta(from.dport, to.dport));
+        let addrs = csum::addrs_delta(from.src, from.dst, to.src, to.dst);
+        let ports = csum::ports_delta(from.sport, from.dport, to.sport, to.dport);
         Self {
             new_src: to.src,
             new_dst: to.dst,

@@ -26,6 +26,14 @@ pub trait Hook {
     fn ingress_ifindex(&self) -> u32;
     /// The program context, for helpers such as `bpf_fib_lookup`.
     fn ctx(&self) -> *mut c_void;
+    /// The IP length of the largest packet this one leaves as: its own,
+    /// or for a GSO packet (TC) that of one segment. What the egress MTU
+    /// is checked against.
+    fn wire_len(&self, pkt: &Packet) -> u16;
+    /// Applies `entry`'s translation, checksums included, in the way this
+    /// hook's packets need; false if it could not (the packet is then
+    /// dropped). The packet's last change: helpers may move it.
+    fn rewrite(&self, pkt: &Packet, entry: &FlowEntry) -> bool;
 }
 
 /// What to do with the packet.
@@ -63,6 +71,7 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let pkt = parse(hook.data(), hook.data_end())?;
     let now = conntrack::now_ns();
+    let wire_len = hook.wire_len(&pkt);
     // The flow's entry, and its cached next hop unless due for a check or
     // the packet is longer than the one the route (and MTU) was checked for.
     let (entry, tracked, cached) = match conntrack::lookup(&pkt.key) {
@@ -71,7 +80,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             // SAFETY: as above; copied so later map updates cannot alias it.
             let entry = unsafe { *found };
             let cached =
-                entry.hop.ifindex != 0 && !conntrack::refresh_due(&entry, now) && pkt.ip_len <= entry.hop_len;
+                entry.hop.ifindex != 0 && !conntrack::refresh_due(&entry, now) && wire_len <= entry.hop_len;
             (entry, Some(found), cached)
         }
         _ => (new_flow(&pkt, now)?, None, false),
@@ -94,9 +103,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             Route::Via(entry.hop)
         }
         _ => {
-            let route = fwd::route(hook.ctx(), ingress, &pkt, &entry)?;
+            let route = fwd::route(hook.ctx(), ingress, &pkt, wire_len, &entry)?;
             match &route {
-                Route::Via(hop) => conntrack::record(&pkt.key, pkt.seen, now, Some((*hop, pkt.ip_len))),
+                Route::Via(hop) => conntrack::record(&pkt.key, pkt.seen, now, Some((*hop, wire_len))),
                 Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
                     conntrack::record(&pkt.key, pkt.seen, now, None)
                 }
@@ -108,8 +117,10 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     };
     match route {
         Route::Via(hop) => {
-            nat::rewrite(&pkt, &entry);
             fwd::set_macs(&pkt, &hop);
+            if !hook.rewrite(&pkt, &entry) {
+                return Err(Reason::DropRedirectFailed);
+            }
             stats::forwarded(&entry, pkt.ip_len);
             if hop.ifindex == ingress {
                 stats::reason(Reason::TxSameInterface);
@@ -120,7 +131,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
-            nat::rewrite(&pkt, &entry);
+            if !hook.rewrite(&pkt, &entry) {
+                return Err(Reason::DropRedirectFailed);
+            }
             stats::forwarded(&entry, pkt.ip_len);
             stats::reason(Reason::RedirectNeigh);
             Ok(Verdict::RedirectNeigh { ifindex, nexthop })

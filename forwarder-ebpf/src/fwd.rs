@@ -26,20 +26,27 @@ pub enum Route {
     NoNeigh { ifindex: u32, nexthop: u32 },
 }
 
-/// Looks up the route of `pkt` once translated by `entry`.
+/// Looks up the route of `pkt` once translated by `entry`, checking the
+/// egress MTU against `wire_len` (see `Hook::wire_len`).
 #[expect(
     clippy::not_unsafe_ptr_arg_deref,
     reason = "`ctx` is the hook's program context, handed to the helper as the kernel gave it"
 )]
 #[inline(always)]
-pub fn route(ctx: *mut c_void, ingress: u32, pkt: &Packet, entry: &FlowEntry) -> Result<Route, Reason> {
+pub fn route(
+    ctx: *mut c_void,
+    ingress: u32,
+    pkt: &Packet,
+    wire_len: u16,
+    entry: &FlowEntry,
+) -> Result<Route, Reason> {
     // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = pkt.key.proto;
     params.sport = entry.new_sport;
     params.dport = entry.new_dport;
-    params.__bindgen_anon_1.tot_len = pkt.ip_len;
+    params.__bindgen_anon_1.tot_len = wire_len;
     params.ifindex = ingress;
     params.__bindgen_anon_2.tos = pkt.tos();
     params.__bindgen_anon_3.ipv4_src = entry.new_src;

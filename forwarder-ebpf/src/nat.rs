@@ -97,22 +97,16 @@ fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, 
     Ok(FLOWS.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok())
 }
 
-/// Rewrites addresses, ports, TTL and both checksums of `pkt` as `entry` says.
+/// Rewrites addresses, ports, TTL and both checksums of `pkt` as `entry`
+/// says, with the deltas computed when the flow was created: for packets
+/// whose checksums are complete (XDP; see `tc::rewrite` for skbs).
 #[inline(always)]
 pub fn rewrite(pkt: &Packet, entry: &FlowEntry) {
+    rewrite_headers(pkt, entry);
     // SAFETY: every pointer in `pkt` was bounds-checked by `parse`.
     unsafe {
         let ip = &mut *pkt.ip;
-        ip.src_addr = entry.new_src.to_ne_bytes();
-        ip.dst_addr = entry.new_dst.to_ne_bytes();
-        ip.ttl -= 1;
         ip.check = csum::apply(u16::from_ne_bytes(ip.check), entry.ip_csum_delta).to_ne_bytes();
-
-        let ports = pkt.l4.cast::<[u8; 4]>();
-        let [s0, s1] = entry.new_sport.to_ne_bytes();
-        let [d0, d1] = entry.new_dport.to_ne_bytes();
-        *ports = [s0, s1, d0, d1];
-
         let old = u16::from_ne_bytes(*pkt.l4_check);
         let new = if pkt.is_tcp() {
             csum::apply(old, entry.l4_csum_delta)
@@ -120,5 +114,22 @@ pub fn rewrite(pkt: &Packet, entry: &FlowEntry) {
             csum::apply_udp(old, entry.l4_csum_delta)
         };
         *pkt.l4_check = new.to_ne_bytes();
+    }
+}
+
+/// Rewrites addresses, ports and TTL of `pkt` as `entry` says, leaving
+/// both checksums to the caller.
+#[inline(always)]
+pub fn rewrite_headers(pkt: &Packet, entry: &FlowEntry) {
+    // SAFETY: every pointer in `pkt` was bounds-checked by `parse`.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        ip.src_addr = entry.new_src.to_ne_bytes();
+        ip.dst_addr = entry.new_dst.to_ne_bytes();
+        ip.ttl -= 1;
+        let ports = pkt.l4.cast::<[u8; 4]>();
+        let [s0, s1] = entry.new_sport.to_ne_bytes();
+        let [d0, d1] = entry.new_dport.to_ne_bytes();
+        *ports = [s0, s1, d0, d1];
     }
 }

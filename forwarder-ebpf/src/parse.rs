@@ -18,11 +18,17 @@ const IPV4_NO_OPTIONS: u8 = 0x45;
 /// Offsets in a TCP or UDP header.
 const L4_SPORT: usize = 0;
 const L4_DPORT: usize = 2;
+const TCP_DATA_OFFSET: usize = 12;
 const TCP_FLAGS: usize = 13;
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
 const TCP_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
+
+/// Where the IPv4 header checksum is, from the start of the frame.
+pub const IP_CHECK_AT: u32 = (EthHdr::LEN + 10) as u32;
+/// Where the L4 header starts, from the start of the frame.
+const L4_AT: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
 /// A parsed IPv4 TCP/UDP packet: header pointers (already bounds-checked)
 /// and its 5-tuple.
@@ -38,12 +44,20 @@ pub struct Packet {
     pub seen: u8,
     /// IPv4 total length (host order), for byte counters and the MTU check.
     pub ip_len: u16,
+    /// The length of the TCP (options included) or UDP header.
+    pub l4_hdr_len: u16,
 }
 
 impl Packet {
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.key.proto == PROTO_TCP
+    }
+
+    /// Where the L4 checksum is, from the start of the frame.
+    #[inline(always)]
+    pub fn l4_check_at(&self) -> u32 {
+        (L4_AT + if self.is_tcp() { TCP_CHECK } else { UDP_CHECK }) as u32
     }
 
     #[inline(always)]
@@ -101,17 +115,21 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
         return Err(Reason::PassFragment);
     }
     let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    let l4_at = EthHdr::LEN + Ipv4Hdr::LEN;
     if data + EthHdr::LEN + ip_len as usize > data_end || (ip_len as usize) < Ipv4Hdr::LEN + hdr_len {
         return Err(Reason::PassMalformed);
     }
     // Both header lengths are checked here so later offsets stay constant.
     let l4: *mut u8 = if proto == PROTO_TCP {
-        ptr_at::<[u8; TCP_HDR_LEN]>(data, data_end, l4_at)?.cast()
+        ptr_at::<[u8; TCP_HDR_LEN]>(data, data_end, L4_AT)?.cast()
     } else {
-        ptr_at::<[u8; UDP_HDR_LEN]>(data, data_end, l4_at)?.cast()
+        ptr_at::<[u8; UDP_HDR_LEN]>(data, data_end, L4_AT)?.cast()
     };
-    let seen = if proto == PROTO_TCP { tcp_seen(unsafe { *l4.add(TCP_FLAGS) }) } else { SEEN_PACKET };
+    let (seen, l4_hdr_len) = if proto == PROTO_TCP {
+        let data_offset = unsafe { *l4.add(TCP_DATA_OFFSET) } >> 4;
+        (tcp_seen(unsafe { *l4.add(TCP_FLAGS) }), u16::from(data_offset) * 4)
+    } else {
+        (SEEN_PACKET, UDP_HDR_LEN as u16)
+    };
     let key = FlowKey::new(
         u32::from_ne_bytes(unsafe { (*ip).src_addr }),
         u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
@@ -119,5 +137,5 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
         read_u16(unsafe { l4.add(L4_DPORT) }),
         proto,
     );
-    Ok(Packet { eth, ip, l4, l4_check: unsafe { l4.add(check_at) }.cast(), key, seen, ip_len })
+    Ok(Packet { eth, ip, l4, l4_check: unsafe { l4.add(check_at) }.cast(), key, seen, ip_len, l4_hdr_len })
 }

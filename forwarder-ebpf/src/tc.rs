@@ -1,27 +1,42 @@
-//! The TC (clsact ingress) entry point.
+//! The TC (tcx ingress) entry points.
 //!
-//! It translates packets XDP handed over because the next hop's MAC was
-//! unknown, and sends them through `bpf_redirect_neigh`, which resolves the
-//! neighbour and queues the packet meanwhile: the first packet of a flow is
-//! not lost, and since the packet never enters the IP input path, a SNATed
-//! source that is one of the host's own addresses is not dropped as a
-//! martian. With `Settings::tc_translates_all` it translates every packet
-//! itself (interfaces without XDP).
+//! Beside XDP, [`run_handed_over`] translates packets XDP handed over
+//! because the next hop's MAC was unknown, and sends them through
+//! `bpf_redirect_neigh`, which resolves the neighbour and queues the packet
+//! meanwhile: the first packet of a flow is not lost, and since the packet
+//! never enters the IP input path, a SNATed source that is one of the
+//! host's own addresses is not dropped as a martian.
+//!
+//! Instead of XDP (`--attach tc`), [`run_all`] runs the whole datapath on
+//! every packet. It sees the skb, which XDP does not: checksums are
+//! updated by the kernel's helpers, which know whether the packet carries
+//! a complete checksum, a partial one (`CHECKSUM_PARTIAL`, from a veth or
+//! tap whose sender offloads it: only the pseudo-header part is in the
+//! field) or a `CHECKSUM_COMPLETE` sum to keep in step; and a GSO packet
+//! is checked against the egress MTU by its segment size, not its length.
 
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_pull_data},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
+    helpers::{
+        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_skb_pull_data,
+    },
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use forwarder_common::maps::META_NEEDS_NEIGH;
+use forwarder_common::{
+    csum,
+    maps::{FlowEntry, META_NEEDS_NEIGH},
+};
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     datapath::{self, Hook, Verdict},
     fwd::AF_INET,
     maps::SETTINGS,
+    nat,
+    parse::{IP_CHECK_AT, Packet},
 };
 
 /// Ethernet + IPv4 without options + TCP without options.
@@ -56,15 +71,67 @@ impl Hook for TcHook<'_> {
     fn ctx(&self) -> *mut c_void {
         self.0.skb.skb.cast()
     }
+
+    #[inline(always)]
+    fn wire_len(&self, pkt: &Packet) -> u16 {
+        // SAFETY: reading a `__sk_buff` field.
+        let gso_size = unsafe { (*self.0.skb.skb).gso_size };
+        if gso_size == 0 {
+            return pkt.ip_len;
+        }
+        // A GRO-merged or TSO packet leaves as segments of `gso_size`
+        // payload bytes each behind copies of its headers.
+        let segment = Ipv4Hdr::LEN as u32 + u32::from(pkt.l4_hdr_len) + gso_size;
+        segment.min(u32::from(pkt.ip_len)) as u16
+    }
+
+    #[inline(always)]
+    fn rewrite(&self, pkt: &Packet, entry: &FlowEntry) -> bool {
+        rewrite(self.0, pkt, entry)
+    }
 }
 
-/// The TC program: packets XDP handed over (or all of them, see
-/// `Settings::tc_translates_all`), then the verdict as a TC action.
+/// Translates `pkt` as `entry` says: the headers directly, the checksums
+/// through the kernel's helpers, which keep them right in the skb's
+/// checksum state (see the module's doc). The address change is part of
+/// the L4 pseudo-header, the port change is not: in a partial checksum
+/// only the first is applied, the device computes the rest. False when a
+/// helper failed (the skb could not be made writable).
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> i32 {
+fn rewrite(ctx: &TcContext, pkt: &Packet, entry: &FlowEntry) -> bool {
+    let key = &pkt.key;
+    let addrs = csum::addrs_delta(key.src, key.dst, entry.new_src, entry.new_dst);
+    let ports = csum::ports_delta(key.sport, key.dport, entry.new_sport, entry.new_dport);
+    let (l4_at, udp) = (pkt.l4_check_at(), u64::from(!pkt.is_tcp()));
+    // UDP's "no checksum" zero stays zero; a computed zero is sent as 0xffff.
+    let l4_flags = udp * u64::from(BPF_F_MARK_MANGLED_0);
+    nat::rewrite_headers(pkt, entry);
+    let skb = ctx.skb.skb;
+    // SAFETY: helpers on the program's own skb; offsets inside the headers
+    // `parse` checked. With size 0, `to` is a checksum delta.
+    unsafe {
+        bpf_l3_csum_replace(skb, IP_CHECK_AT, 0, u64::from(entry.ip_csum_delta), 0) == 0
+            && bpf_l4_csum_replace(skb, l4_at, 0, u64::from(addrs), l4_flags | u64::from(BPF_F_PSEUDO_HDR))
+                == 0
+            && bpf_l4_csum_replace(skb, l4_at, 0, u64::from(ports), l4_flags) == 0
+    }
+}
+
+/// The TC program beside XDP: packets XDP handed over (or all of them,
+/// see `Settings::tc_translates_all`, for tests), then the verdict as a TC
+/// action.
+#[inline(always)]
+pub fn run_handed_over(ctx: &TcContext) -> i32 {
     if !handed_over_by_xdp(ctx) && !translates_all() {
         return TC_ACT_OK;
     }
+    run_all(ctx)
+}
+
+/// The TC program instead of XDP: the datapath on every packet, then the
+/// verdict as a TC action.
+#[inline(always)]
+pub fn run_all(ctx: &TcContext) -> i32 {
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
         // SAFETY: the helper bounds the pull by the packet length itself.
         let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, HEADERS_LEN) };

@@ -7,11 +7,16 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
-use forwarder_common::{counters::Reason, maps::META_NEEDS_NEIGH};
+use forwarder_common::{
+    counters::Reason,
+    maps::{FlowEntry, META_NEEDS_NEIGH},
+};
 
 use crate::{
     datapath::{self, Hook, Verdict},
     maps::EGRESS,
+    nat,
+    parse::Packet,
     stats,
 };
 
@@ -39,6 +44,17 @@ impl Hook for XdpHook<'_> {
     #[inline(always)]
     fn ctx(&self) -> *mut c_void {
         self.0.ctx.cast()
+    }
+
+    #[inline(always)]
+    fn wire_len(&self, pkt: &Packet) -> u16 {
+        pkt.ip_len
+    }
+
+    #[inline(always)]
+    fn rewrite(&self, pkt: &Packet, entry: &FlowEntry) -> bool {
+        nat::rewrite(pkt, entry);
+        true
     }
 }
 

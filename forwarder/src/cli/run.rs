@@ -10,7 +10,7 @@ use forwarder_common::maps::{
 
 use crate::{
     daemon::{self, RunConfig},
-    kernel::{AttachMode, Capacity},
+    kernel::{AttachChoice, Capacity, XdpMode},
 };
 
 /// Load the datapath, attach it to the interfaces and forward the services
@@ -33,9 +33,16 @@ pub struct RunArgs {
     /// snat_ip (default: the address of the interface towards each backend).
     #[arg(long, value_name = "IPV4")]
     snat_ip: Option<Ipv4Addr>,
-    /// XDP attach mode; native falls back to skb (generic) with a warning.
-    #[arg(long, value_enum, default_value_t = AttachMode::Native)]
-    xdp_mode: AttachMode,
+    /// Which hook runs the datapath: auto picks XDP on interfaces with a
+    /// driver that has native XDP, TC on virtual ones (veth, tap, bridge,
+    /// bond: their senders may hand over partial checksums that XDP cannot
+    /// complete) and where native XDP fails; it logs what it chose and why.
+    #[arg(long, value_enum, default_value_t = AttachChoice::Auto)]
+    attach: AttachChoice,
+    /// XDP attach mode, where XDP runs; native falls back to skb (generic)
+    /// with a warning.
+    #[arg(long, value_enum, default_value_t = XdpMode::Native)]
+    xdp_mode: XdpMode,
     /// Capacity of the service table.
     #[arg(long, default_value_t = DEFAULT_MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_services: u32,
@@ -79,6 +86,7 @@ impl RunArgs {
             ifaces,
             services,
             snat_ip,
+            attach,
             xdp_mode,
             max_services,
             max_backends,
@@ -96,6 +104,7 @@ impl RunArgs {
             ifaces,
             services,
             snat_ip,
+            attach,
             xdp_mode,
             capacity: Capacity {
                 max_services,

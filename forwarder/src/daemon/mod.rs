@@ -47,7 +47,7 @@ use crate::{
     config::ServiceFile,
     conntrack::sweep::{self, Sweep},
     host::{Neighbours, Record, RunDir, Sysctls, Vips},
-    kernel::{self, AttachMode, Capacity, Kernel, Pins},
+    kernel::{self, AttachChoice, Capacity, Kernel, Pins, Plan, XdpMode},
     state::ServiceTable,
 };
 
@@ -64,7 +64,8 @@ pub struct RunConfig {
     pub ifaces: Vec<String>,
     pub services: PathBuf,
     pub snat_ip: Option<Ipv4Addr>,
-    pub xdp_mode: AttachMode,
+    pub attach: AttachChoice,
+    pub xdp_mode: XdpMode,
     pub capacity: Capacity,
     /// Add managed neighbour entries for backends' and gateways' next hops.
     pub prefetch_neighbours: bool,
@@ -97,6 +98,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         ifaces,
         services,
         snat_ip,
+        attach,
         xdp_mode,
         capacity,
         prefetch_neighbours,
@@ -134,6 +136,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
+    let mut plans = Vec::new();
+    for (iface, index) in ifaces.iter().zip(&ifindexes) {
+        let behind = crate::host::interfaces::behind(&handle, *index)
+            .await
+            .with_context(|| format!("asking what kind of link {iface} is"))?;
+        plans.push((iface.clone(), crate::host::interfaces::plan(iface, &behind, attach, xdp_mode)));
+    }
     let (health_events, mut transitions) = mpsc::channel(64);
     let host = Host {
         sysctls: Sysctls::new(previous.forwarding.clone()),
@@ -165,7 +174,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let served = daemon.serve(listener, &calls, metrics, watch.then_some(file_events)).await;
     let migrate = adopted && previous.version == 0;
     let started = match served {
-        Ok(watcher) => daemon.start(file, &ifaces, xdp_mode, adopted, migrate).await.map(|()| watcher),
+        Ok(watcher) => daemon.start(file, &plans, adopted, migrate).await.map(|()| watcher),
         Err(err) => Err(err),
     };
     let _watcher = match started {
@@ -232,17 +241,17 @@ impl Daemon {
     async fn start(
         &mut self,
         file: ServiceFile,
-        ifaces: &[String],
-        xdp_mode: AttachMode,
+        plans: &[(String, Plan)],
         adopted: bool,
         migrate: bool,
     ) -> anyhow::Result<()> {
         if file.services.iter().any(|s| s.mode == crate::config::Mode::Snat) {
             crate::host::ports::check_snat_range()?;
         }
-        self.host.sysctls.enable_forwarding(ifaces)?;
-        for iface in ifaces {
-            self.kernel.attach(iface, xdp_mode)?;
+        let ifaces: Vec<String> = plans.iter().map(|(iface, _)| iface.clone()).collect();
+        self.host.sysctls.enable_forwarding(&ifaces)?;
+        for (iface, plan) in plans {
+            self.kernel.attach(iface, *plan)?;
         }
         if migrate {
             let marked = crate::conntrack::mark_handshakes_done(&mut self.kernel.maps.flows);
@@ -252,7 +261,7 @@ impl Daemon {
         if adopted {
             self.table.prune(&mut self.kernel.maps)?;
         }
-        self.kernel.detach_others()?;
+        self.kernel.finish()?;
         self.prefetch().await;
         self.save();
         Ok(())

@@ -2,7 +2,7 @@
 //! either undo (a stop, `forwarder down`) or leave for a successor to adopt
 //! (a hand-over, a crash): managed neighbour entries, announced VIPs,
 //! forwarding sysctls, the bpffs mount and the state record that lists
-//! them all. `routes` and `ports` only ask the host questions.
+//! them all. `routes`, `ports` and `interfaces` only ask the host questions.
 //!
 //! Each change is a small type with the same verbs, used the same way by
 //! `run`, by restarts and by `down`:
@@ -21,6 +21,7 @@
 //! drop, so what happens to the host is always an explicit call.
 
 mod bpffs;
+pub mod interfaces;
 mod neighbours;
 mod owned;
 pub mod ports;

@@ -9,7 +9,7 @@ mod attach;
 pub(crate) mod batch;
 mod pins;
 
-pub use attach::{AttachMode, Attachment};
+pub use attach::{AttachChoice, Attachment, Hook, Plan, XdpMode};
 pub use pins::{PinError, Pins, remove_all as pins_remove_all};
 
 /// Where the daemon pins its maps and links by default.
@@ -41,11 +41,23 @@ pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 pub struct Object {
     pub bytes: &'static [u8],
     pub xdp: &'static str,
-    pub tc: Option<&'static str>,
+    /// The TC programs beside XDP and instead of it.
+    pub tc: Option<TcPrograms>,
+}
+
+/// The names of an object's two TC programs.
+#[derive(Clone, Copy, Debug)]
+pub struct TcPrograms {
+    pub handed_over: &'static str,
+    pub all: &'static str,
 }
 
 /// The forwarder's own object.
-pub const DATAPATH: Object = Object { bytes: EBPF_OBJECT, xdp: programs::XDP, tc: Some(programs::TC) };
+pub const DATAPATH: Object = Object {
+    bytes: EBPF_OBJECT,
+    xdp: programs::XDP,
+    tc: Some(TcPrograms { handed_over: programs::TC, all: programs::TC_ALL }),
+};
 
 /// The benchmark's object, whose `bench_forward` runs the same XDP path
 /// behind a frame rewrite (see `forwarder-ebpf/src/bench.rs`).
@@ -190,14 +202,15 @@ impl Kernel {
             .load(object.bytes)?;
         // Programs first: they hold their maps from then on, so the
         // user-space handles taken below may come and go.
-        for name in std::iter::once(object.xdp).chain(object.tc) {
+        let tc = object.tc.map(|tc| [tc.handed_over, tc.all]);
+        for name in std::iter::once(object.xdp).chain(tc.into_iter().flatten()) {
             let program = ebpf
                 .program_mut(name)
                 .ok_or(KernelError::Program { name, source: aya::programs::ProgramError::NotLoaded })?;
             let result = match program {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => unreachable!("the object defines one XDP and one TC program"),
+                _ => unreachable!("the object defines XDP and TC programs only"),
             };
             result.map_err(|source| KernelError::Program { name, source })?;
         }
@@ -240,9 +253,19 @@ impl Kernel {
         }
     }
 
-    /// The TC fallback program, for `test_run` and attaching.
+    /// The TC program beside XDP, for `test_run` and attaching.
     pub fn tc(&mut self) -> &mut SchedClassifier {
-        let name = self.object.tc.expect("attach and test only objects with a TC program");
+        let name = self.object.tc.expect("attach and test only objects with TC programs").handed_over;
+        self.classifier(name)
+    }
+
+    /// The TC program instead of XDP, for `test_run` and attaching.
+    pub fn tc_all(&mut self) -> &mut SchedClassifier {
+        let name = self.object.tc.expect("attach and test only objects with TC programs").all;
+        self.classifier(name)
+    }
+
+    fn classifier(&mut self, name: &str) -> &mut SchedClassifier {
         match self.ebpf.program_mut(name) {
             Some(aya::programs::Program::SchedClassifier(p)) => p,
             _ => unreachable!("loaded in Kernel::load"),

@@ -11,7 +11,7 @@ use aya::{
 };
 use forwarder::{
     config::ServiceFile,
-    kernel::{AttachMode, Capacity, Kernel},
+    kernel::{self, Capacity, Kernel, Plan},
     state::ServiceTable,
 };
 use forwarder_common::bench::BounceConfig;
@@ -143,8 +143,8 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
                 let file = ServiceFile::parse(Path::new("bench.toml"), &services(mode))?;
                 let mut table = ServiceTable::new(capacity, None)?;
                 table.apply(&file, &mut kernel.maps)?;
-                kernel.attach("f0", AttachMode::Native)?;
-                kernel.attach("f1", AttachMode::Native)?;
+                kernel.attach("f0", Plan::Xdp(kernel::XdpMode::Native))?;
+                kernel.attach("f1", Plan::Xdp(kernel::XdpMode::Native))?;
                 Ok(Installed::Forwarder(Box::new(kernel)))
             })
         }
