@@ -198,7 +198,10 @@ impl Lab {
     pub fn forwarder_command(&self, services: &Path, extra: &[&str]) -> Command {
         let mut cmd = self.forwarder.command(crate::forwarder_bin());
         cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"]).arg(services);
-        cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir()).args(extra);
+        cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir());
+        // The lab is tuned for XDP (see the module's doc), which `auto`
+        // would not pick on veth.
+        cmd.args(["--attach", "xdp"]).args(extra);
         cmd.env("RUST_LOG", "debug");
         cmd
     }
