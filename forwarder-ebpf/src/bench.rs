@@ -135,7 +135,7 @@ pub fn bench_lookup(ctx: XdpContext) -> u32 {
     if !write_frame(&ctx) {
         return XDP_DROP;
     }
-    let Ok(pkt) = parse(ctx.data(), ctx.data_end()) else { return XDP_DROP };
+    let Ok(pkt) = parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else { return XDP_DROP };
     match conntrack::lookup(&pkt.key) {
         // SAFETY: a map value pointer from the lookup helper; the volatile
         // read keeps the load (the entry's own cache lines) in the program.

@@ -23,6 +23,10 @@ pub trait Hook {
     const RESOLVES_NEIGH: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The frame's whole length: `data_end - data` in XDP; in TC more
+    /// when the skb is not linear (a GSO packet's payload sits in pages
+    /// beyond `data_end`).
+    fn frame_len(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
     /// The program context, for helpers such as `bpf_fib_lookup`.
     fn ctx(&self) -> *mut c_void;
@@ -69,7 +73,7 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 
 #[inline(always)]
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
-    let pkt = parse(hook.data(), hook.data_end())?;
+    let pkt = parse(hook.data(), hook.data_end(), hook.frame_len())?;
     let now = conntrack::now_ns();
     let wire_len = hook.wire_len(&pkt);
     // The flow's entry, and its cached next hop unless due for a check or

@@ -88,9 +88,11 @@ fn read_u16(p: *const u8) -> u16 {
     unsafe { u16::from_ne_bytes([*p, *p.add(1)]) }
 }
 
-/// Parses the packet in `data..data_end`, or says why it is not ours.
+/// Parses the packet whose headers are in `data..data_end`, `frame_len`
+/// bytes long in all (more than `data_end - data` for an skb whose payload
+/// is in pages), or says why it is not ours.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
+pub fn parse(data: usize, data_end: usize, frame_len: usize) -> Result<Packet, Reason> {
     let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: bounds-checked above; the same holds for every read below.
     if unsafe { (*eth).ether_type } != ETH_P_IP {
@@ -115,7 +117,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
         return Err(Reason::PassFragment);
     }
     let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
-    if data + EthHdr::LEN + ip_len as usize > data_end || (ip_len as usize) < Ipv4Hdr::LEN + hdr_len {
+    if EthHdr::LEN + ip_len as usize > frame_len || (ip_len as usize) < Ipv4Hdr::LEN + hdr_len {
         return Err(Reason::PassMalformed);
     }
     // Both header lengths are checked here so later offsets stay constant.

@@ -58,6 +58,11 @@ impl Hook for TcHook<'_> {
     }
 
     #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.0.len() as usize
+    }
+
+    #[inline(always)]
     #[expect(
         clippy::misnamed_getters,
         reason = "on ingress `ifindex` is the arriving device; `ingress_ifindex` is unset in test runs"

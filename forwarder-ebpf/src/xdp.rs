@@ -36,6 +36,11 @@ impl Hook for XdpHook<'_> {
     }
 
     #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: `ctx` is the kernel's `xdp_md`.
         unsafe { (*self.0.ctx).ingress_ifindex }
