@@ -19,8 +19,6 @@ use crate::{
     state::Summary,
 };
 
-/// Default directory of the control socket and the daemon's state record.
-pub const DEFAULT_RUN_DIR: &str = "/run/forwarder";
 pub const SOCKET_NAME: &str = "control.sock";
 
 /// Where the control socket of the daemon using `run_dir` is.

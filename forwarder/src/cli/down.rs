@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::{
-    host::{Neighbours, Record, Sysctls, Vips, daemon_running},
+    host::{Neighbours, PinDir, Record, Sysctls, Vips, daemon_running, places},
     kernel::{self, pins_remove_all},
 };
 
@@ -13,9 +13,10 @@ use crate::{
 /// Refuses while a daemon is running.
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// The bpffs directory the daemon pinned its state in.
-    #[arg(long, value_name = "DIR", default_value = crate::kernel::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// The bpffs directory the daemon pinned its state in (default: as for
+    /// `run`).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
 }
 
 impl DownArgs {
@@ -44,8 +45,15 @@ impl DownArgs {
             anyhow::Ok(())
         })?;
         Sysctls::new(record.forwarding.clone()).undo();
-        let mut removed = pins_remove_all(&pin_dir)?;
-        if record.pin_dir != pin_dir && !record.pin_dir.as_os_str().is_empty() {
+        let pin_dir = match pin_dir {
+            Some(dir) => Some(dir),
+            None => PinDir::find_default(&places::state_name()).map(|dir| dir.path),
+        };
+        let mut removed = match &pin_dir {
+            Some(dir) => pins_remove_all(dir)?,
+            None => Vec::new(),
+        };
+        if pin_dir.as_ref() != Some(&record.pin_dir) && !record.pin_dir.as_os_str().is_empty() {
             removed.extend(pins_remove_all(&record.pin_dir)?);
         }
         Record::remove(run_dir)?;

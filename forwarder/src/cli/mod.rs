@@ -21,9 +21,11 @@ mod stats;
 #[derive(Debug, Parser)]
 #[command(name = "forwarder", version)]
 pub struct Cli {
-    /// Directory of the daemon's control socket and state record.
-    #[arg(long, global = true, value_name = "DIR", env = "FORWARDER_RUN_DIR", default_value = crate::control::DEFAULT_RUN_DIR)]
-    run_dir: PathBuf,
+    /// Directory of the daemon's control socket and state record. Default:
+    /// /run/forwarder, or /run/forwarder-netns-NAME in a network namespace
+    /// `ip netns` names NAME.
+    #[arg(long, global = true, value_name = "DIR", env = "FORWARDER_RUN_DIR")]
+    run_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +75,7 @@ impl Cli {
     #[must_use]
     pub fn execute(self) -> ExitCode {
         let Self { run_dir, command } = self;
+        let run_dir = run_dir.unwrap_or_else(crate::host::places::default_run_dir);
         if !matches!(command, Command::Run(_)) {
             end_quietly_on_closed_pipe();
         }

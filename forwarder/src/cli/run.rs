@@ -63,8 +63,12 @@ pub struct RunArgs {
     #[arg(long)]
     no_neighbour_prefetch: bool,
     /// bpffs directory for the pinned maps and links (mounted if needed).
-    #[arg(long, value_name = "DIR", default_value = crate::kernel::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    /// Default: /sys/fs/bpf/forwarder, or /sys/fs/bpf/forwarder-netns-NAME
+    /// in a namespace `ip netns` names NAME (under `ip netns exec`, in the
+    /// bpffs of the mount namespace it was started from, so that the pins
+    /// outlive the command).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9405", conflicts_with = "no_metrics")]
     metrics: SocketAddr,

@@ -46,7 +46,7 @@ use self::{
 use crate::{
     config::ServiceFile,
     conntrack::sweep::{self, Sweep},
-    host::{Neighbours, Record, RunDir, Sysctls, Vips},
+    host::{Neighbours, PinDir, Record, RunDir, Sysctls, Vips},
     kernel::{self, AttachChoice, Capacity, Kernel, Pins, Plan, XdpMode},
     state::ServiceTable,
 };
@@ -69,7 +69,9 @@ pub struct RunConfig {
     pub capacity: Capacity,
     /// Add managed neighbour entries for backends' and gateways' next hops.
     pub prefetch_neighbours: bool,
-    pub pin_dir: PathBuf,
+    /// bpffs directory for pins; `None`: this network namespace's default
+    /// (see [`crate::host::places`]).
+    pub pin_dir: Option<PathBuf>,
     pub run_dir: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
@@ -119,7 +121,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let (run_dir, listener) = RunDir::claim(&run_path)?;
     let previous = Record::load(&run_path)?.unwrap_or_default();
-    let pins = Pins::open(&pin_dir)?;
+    let pin_dir = match &pin_dir {
+        Some(dir) => PinDir::at(dir)?,
+        None => PinDir::default(&crate::host::places::state_name())?,
+    };
+    let pins = Pins::open(&pin_dir.path)?;
     let kernel = Kernel::load(capacity, datapath_log_level(), Some(pins.clone())).map_err(|err| {
         let hint = if nix::unistd::geteuid().is_root() {
             ""
@@ -162,7 +168,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         checks: Checks::new(health_events),
         host,
         pins,
-        pin_dir,
+        pin_dir: pin_dir.shown,
         ifindexes,
         sampler: Sampler::default(),
         sweep: watch_channel::channel(Arc::new(Sweep::default())).1,
@@ -226,6 +232,7 @@ struct Daemon {
     checks: Checks,
     host: Host,
     pins: Pins,
+    /// Where the pins are, as the record names it.
     pin_dir: PathBuf,
     ifindexes: Vec<u32>,
     sampler: Sampler,

@@ -24,6 +24,7 @@ mod bpffs;
 pub mod interfaces;
 mod neighbours;
 mod owned;
+pub mod places;
 pub mod ports;
 mod record;
 mod record_v0;
@@ -32,7 +33,7 @@ mod sysctl;
 mod vips;
 
 pub use self::{
-    bpffs::{BpfFs, BpfFsError},
+    bpffs::{BpfFsError, PinDir},
     neighbours::{NeighError, Neighbour, Neighbours},
     owned::Owned,
     record::{Record, RecordError, RunDir, daemon_running},

@@ -12,9 +12,6 @@ mod pins;
 pub use attach::{AttachChoice, Attachment, Hook, Plan, XdpMode};
 pub use pins::{PinError, Pins, remove_all as pins_remove_all};
 
-/// Where the daemon pins its maps and links by default.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/forwarder";
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray},

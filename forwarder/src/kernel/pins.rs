@@ -14,14 +14,11 @@ use forwarder_common::{
 use tracing::warn;
 
 use super::Capacity;
-use crate::host::{BpfFs, BpfFsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: std::io::Error },
-    #[error(transparent)]
-    BpfFs(#[from] BpfFsError),
     #[error(
         "{} holds datapath state of another version (layout v{found}, this is v{LAYOUT_VERSION}): \
          stop that daemon and run `forwarder down` first",
@@ -43,10 +40,10 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Prepares `pin_dir` (mounting bpffs there if it is on another file
-    /// system) and refuses state left by another layout version.
+    /// The layout under `pin_dir` (a directory on a bpffs, see
+    /// [`crate::host::PinDir`]); refuses state left by another layout
+    /// version.
     pub fn open(pin_dir: &Path) -> Result<Self, PinError> {
-        BpfFs::mount(pin_dir)?;
         for entry in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
             let entry = entry.map_err(io(pin_dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
