@@ -25,7 +25,7 @@ use forwarder::{
 };
 use forwarder_tests::{
     client::{HttpConnection, Load, http_get},
-    lab::{CLIENT, CLIENT_IFACE, FORWARDER_LAN_SIDE, LAN_IFACE, Lab, VIP, node_addr, service_file},
+    lab::{CLIENT, CLIENT_IFACE, FORWARDER_LAN_SIDE, Flavour, LAN_IFACE, Lab, VIP, node_addr, service_file},
     require_root,
 };
 

@@ -11,11 +11,16 @@
 //! an HTTP NodePort (30080) and a UDP one (30053) answering
 //! `node=NAME client=IP:PORT`: which node answered and whom it saw.
 //!
-//! Two veth details stand in for real hardware: the sending ends compute
-//! checksums in software (`tx off`), as a NIC delivers complete checksums
-//! (a veth would hand over a partial one that XDP cannot see), and the
-//! receiving ends of XDP redirects have GRO on, which veth requires to
-//! accept XDP frames.
+//! The lab comes in the flavours of [`Flavour`], chosen by the environment
+//! variable `FORWARDER_LAB`: by default the veths keep the kernel's
+//! defaults (TX checksum offload on, so senders hand over partial
+//! checksums and TSO-sized packets; GRO as created) and the daemon runs as
+//! a new user would start it, `ip netns exec NS forwarder run` with
+//! `--attach auto` and no `--pin-dir` or `--run-dir`. The `tuned-xdp`
+//! flavour stands in for real hardware under XDP: the sending ends compute
+//! checksums in software (`tx off`), as a NIC delivers complete checksums,
+//! and the receiving ends of XDP redirects have GRO on, which veth
+//! requires to accept XDP frames.
 
 use std::{
     fs,
@@ -83,10 +88,78 @@ impl Node {
     }
 }
 
+/// How the lab's links are set up and how its daemon is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// Kernel-default veths, `--attach auto`, default pin and run
+    /// directories (`FORWARDER_LAB` unset or `defaults`).
+    Defaults,
+    /// Kernel-default veths, `--attach tc`, default directories
+    /// (`defaults-tc`).
+    DefaultsTc,
+    /// Veths tuned for XDP, `--attach xdp`, the lab's own bpffs and run
+    /// directory (`tuned-xdp`).
+    TunedXdp,
+}
+
+impl Flavour {
+    /// The flavour `FORWARDER_LAB` asks for.
+    ///
+    /// # Panics
+    /// On a value that names no flavour.
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("FORWARDER_LAB").as_deref() {
+            Err(_) | Ok("" | "defaults") => Self::Defaults,
+            Ok("defaults-tc") => Self::DefaultsTc,
+            Ok("tuned-xdp") => Self::TunedXdp,
+            Ok(other) => panic!("FORWARDER_LAB={other}: expected defaults, defaults-tc or tuned-xdp"),
+        }
+    }
+
+    /// The `--attach` argument its daemon runs with.
+    #[must_use]
+    pub fn attach(self) -> &'static str {
+        match self {
+            Self::Defaults => "auto",
+            Self::DefaultsTc => "tc",
+            Self::TunedXdp => "xdp",
+        }
+    }
+
+    /// The hook the daemon ends up on, on the lab's veths.
+    #[must_use]
+    pub fn hook(self) -> &'static str {
+        match self {
+            Self::Defaults | Self::DefaultsTc => "tc",
+            Self::TunedXdp => "xdp",
+        }
+    }
+}
+
+/// Where the lab's daemon keeps its state.
+enum State {
+    /// The lab's own bpffs (unmounting it releases whatever a daemon left
+    /// pinned, links included) and run directory under the lab directory.
+    Own(BpfFs),
+    /// The daemon's defaults for the forwarder's namespace, removed when
+    /// the lab goes.
+    Default { pin_dir: PathBuf, run_dir: PathBuf },
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Self::Default { pin_dir, run_dir } = self {
+            let _ = fs::remove_dir_all(pin_dir);
+            let _ = fs::remove_dir_all(run_dir);
+        }
+    }
+}
+
 pub struct Lab {
-    // Dropped first: unmounting the lab's bpffs releases whatever a daemon
-    // left pinned (links included), so nothing stays attached.
-    bpffs: BpfFs,
+    pub flavour: Flavour,
+    // Dropped first, so that nothing the daemon pinned stays attached.
+    state: State,
     // Processes live in the nodes and stop before the namespaces go.
     pub nodes: Vec<Node>,
     pub client: Netns,
@@ -96,15 +169,32 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the topology with `nodes` nodes (not yet serving).
+    /// Builds the topology with `nodes` nodes (not yet serving), in the
+    /// flavour `FORWARDER_LAB` names.
     pub fn new(prefix: &str, nodes: usize) -> anyhow::Result<Self> {
+        Self::with_flavour(prefix, nodes, Flavour::from_env())
+    }
+
+    /// The same, in `flavour`.
+    pub fn with_flavour(prefix: &str, nodes: usize, flavour: Flavour) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("forwarder-lab").tempdir()?;
-        let bpffs = BpfFs::mount(&dir.path().join("bpf"))?;
-        fs::create_dir_all(dir.path().join("run"))?;
         let client = Netns::create(unique_name(prefix, "c"))?;
         let forwarder = Netns::create(unique_name(prefix, "f"))?;
         let lan = Netns::create(unique_name(prefix, "l"))?;
-        let mut lab = Self { bpffs, nodes: Vec::new(), client, forwarder, lan, dir };
+        let state = if flavour == Flavour::TunedXdp {
+            fs::create_dir_all(dir.path().join("run"))?;
+            State::Own(BpfFs::mount(&dir.path().join("bpf"))?)
+        } else {
+            // What the daemon picks in a namespace `ip netns` names (its
+            // default bpffs is the one of the mount namespace it was
+            // started from: this process's).
+            let name = format!("forwarder-netns-{}", forwarder.name());
+            State::Default {
+                pin_dir: Path::new("/sys/fs/bpf").join(&name),
+                run_dir: Path::new("/run").join(&name),
+            }
+        };
+        let mut lab = Self { flavour, state, nodes: Vec::new(), client, forwarder, lan, dir };
         lab.wire(nodes).context("building the lab")?;
         Ok(lab)
     }
@@ -125,9 +215,11 @@ impl Lab {
         self.lan.ip("link set br0 up")?;
         self.lan.ip("link set to-fwd master br0")?;
         self.lan.ip("link set to-fwd up")?;
-        // Receivers of XDP redirects: the client (replies) and the bridge port (requests).
-        self.client.exec("ethtool", "-K eth0 gro on tx off")?;
-        self.lan.exec("ethtool", "-K to-fwd gro on")?;
+        if self.flavour == Flavour::TunedXdp {
+            // Receivers of XDP redirects: the client (replies) and the bridge port (requests).
+            self.client.exec("ethtool", "-K eth0 gro on tx off")?;
+            self.lan.exec("ethtool", "-K to-fwd gro on")?;
+        }
         for i in 0..nodes {
             self.add_node(i)?;
         }
@@ -145,7 +237,9 @@ impl Lab {
         ns.ip(&format!("addr add {addr}/24 dev eth0"))?;
         ns.ip("link set eth0 up")?;
         ns.ip(&format!("route add default via {FORWARDER_LAN_SIDE}"))?;
-        ns.exec("ethtool", "-K eth0 tx off")?;
+        if self.flavour == Flavour::TunedXdp {
+            ns.exec("ethtool", "-K eth0 tx off")?;
+        }
         self.nodes.push(Node { name, addr, ns, server: None });
         Ok(())
     }
@@ -198,10 +292,10 @@ impl Lab {
     pub fn forwarder_command(&self, services: &Path, extra: &[&str]) -> Command {
         let mut cmd = self.forwarder.command(crate::forwarder_bin());
         cmd.args(["run", "--iface", CLIENT_IFACE, "--iface", LAN_IFACE, "--services"]).arg(services);
-        cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir());
-        // The lab is tuned for XDP (see the module's doc), which `auto`
-        // would not pick on veth.
-        cmd.args(["--attach", "xdp"]).args(extra);
+        if let State::Own(_) = self.state {
+            cmd.arg("--pin-dir").arg(self.pin_dir()).arg("--run-dir").arg(self.run_dir());
+        }
+        cmd.args(["--attach", self.flavour.attach()]).args(extra);
         cmd.env("RUST_LOG", "debug");
         cmd
     }
@@ -209,13 +303,40 @@ impl Lab {
     /// Where the lab's daemon pins its state.
     #[must_use]
     pub fn pin_dir(&self) -> PathBuf {
-        self.bpffs.path.join("forwarder")
+        match &self.state {
+            State::Own(bpffs) => bpffs.path.join("forwarder"),
+            State::Default { pin_dir, .. } => pin_dir.clone(),
+        }
     }
 
     /// The lab daemon's run directory (control socket, state record).
     #[must_use]
     pub fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
+        match &self.state {
+            State::Own(_) => self.dir.path().join("run"),
+            State::Default { run_dir, .. } => run_dir.clone(),
+        }
+    }
+
+    /// The program the daemon's pinned link on `iface` runs, if there is
+    /// one: `(hook, program id)`, hook being `xdp` or `tc`.
+    #[must_use]
+    pub fn attached(&self, iface: &str) -> Option<(&'static str, u32)> {
+        let links = self.pin_dir().join(format!("v{}", forwarder_common::maps::LAYOUT_VERSION)).join("links");
+        ["xdp", "tc"].into_iter().find_map(|hook| {
+            let link =
+                aya::programs::links::PinnedLink::from_pin(links.join(format!("{hook}-{iface}"))).ok()?;
+            let link = aya::programs::links::FdLink::from(link);
+            Some((hook, link.info().ok()?.program_id()))
+        })
+    }
+
+    /// Whether the datapath runs on `iface` at all: a pinned link, or
+    /// (for XDP, which shows on the link) any XDP program.
+    #[must_use]
+    pub fn forwards_on(&self, iface: &str) -> bool {
+        self.attached(iface).is_some()
+            || self.forwarder.ip(&format!("-d link show {iface}")).is_ok_and(|text| text.contains("prog/xdp"))
     }
 
     /// Runs a `forwarder` CLI verb on the forwarder host (its namespace)
@@ -224,8 +345,10 @@ impl Lab {
         let out = self
             .forwarder
             .command(crate::forwarder_bin())
-            .arg("--run-dir")
-            .arg(self.run_dir())
+            .args(match self.state {
+                State::Own(_) => vec!["--run-dir".into(), self.run_dir().into_os_string()],
+                State::Default { .. } => vec![],
+            })
             .args(args)
             .output()
             .expect("run the forwarder CLI");

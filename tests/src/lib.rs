@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod echo;
 pub mod fixture;
 pub mod kube_api;
 pub mod lab;

@@ -27,15 +27,49 @@ impl Test {
             );
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        cmd::run(
-            cmd::as_root(cargo)
-                .current_dir(cmd::workspace_root())
-                .env("FORWARDER_BIN", binary)
-                .args(["test", "--release", "--package", "forwarder-tests", "--"])
-                .arg("--test-threads=1")
-                .args(&filter),
-        )
+        // Daemons started under `ip netns exec` with the default pin
+        // directory mount a bpffs on /sys/fs/bpf if the host has none;
+        // put the host back as it was found.
+        let bpffs_before = is_bpffs(BPFFS);
+        let kernel_tests = |flavour: &str, suites: &[&str]| {
+            let mut test = cmd::as_root(&cargo);
+            test.current_dir(cmd::workspace_root())
+                .env("FORWARDER_BIN", &binary)
+                .env("FORWARDER_LAB", flavour)
+                .args(["test", "--release", "--package", "forwarder-tests"]);
+            for suite in suites {
+                test.args(["--test", suite]);
+            }
+            eprintln!("kernel tests, lab flavour {flavour}");
+            cmd::run(test.arg("--").arg("--test-threads=1").args(&filter))
+        };
+        // Everything in the lab as a new user has it (kernel-default veths,
+        // `--attach auto`), then the lab suites again with TC forced and in
+        // a lab tuned for XDP with XDP forced.
+        let result = kernel_tests("defaults", &[])
+            .and_then(|()| kernel_tests("defaults-tc", LAB_SUITES))
+            .and_then(|()| kernel_tests("tuned-xdp", LAB_SUITES));
+        remove_stale_namespaces();
+        if !bpffs_before && is_bpffs(BPFFS) && dir_is_empty(BPFFS) {
+            let _ = cmd::run(cmd::as_root("umount").arg(BPFFS));
+        }
+        result
     }
+}
+
+/// The suites that run against the namespace lab, once per lab flavour.
+const LAB_SUITES: &[&str] = &["e2e", "live"];
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &str) -> bool {
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T", path])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
+}
+
+fn dir_is_empty(path: &str) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Removes what a test run killed before its guards ran left behind:
@@ -54,6 +88,23 @@ fn remove_stale_namespaces() {
         }
         eprintln!("removing stale test namespace {name}");
         let _ = cmd::run(cmd::as_root("ip").args(["netns", "del", name]));
+    }
+    remove_stale_default_state();
+}
+
+/// The default pin and run directories (`forwarder-netns-NAME`) of test
+/// labs whose namespace is gone.
+fn remove_stale_default_state() {
+    for root in [BPFFS, "/run"] {
+        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(netns) = name.strip_prefix("forwarder-netns-fw") else { continue };
+            if !std::path::Path::new("/run/netns").join(format!("fw{netns}")).exists() {
+                eprintln!("removing stale test state {}", entry.path().display());
+                let _ = cmd::run(cmd::as_root("rm").arg("-rf").arg(entry.path()));
+            }
+        }
     }
 }
 
