@@ -28,6 +28,7 @@ fn rate_color(case: Case) -> RGBColor {
     match case {
         Case::XdpDrop | Case::TrivialForwarder => CEILING,
         Case::ForwarderSnatEstablished
+        | Case::ForwarderSnatEstablishedTc
         | Case::ForwarderPreserveEstablished
         | Case::ForwarderSnatNewFlows
         | Case::ForwarderPreserveNewFlows => FORWARDER,
@@ -38,7 +39,10 @@ fn rate_color(case: Case) -> RGBColor {
 fn http_color(path: HttpPath) -> RGBColor {
     match path {
         HttpPath::Direct => CEILING,
-        HttpPath::ForwarderSnat | HttpPath::ForwarderPreserve => FORWARDER,
+        HttpPath::ForwarderSnat
+        | HttpPath::ForwarderPreserve
+        | HttpPath::ForwarderSnatTc
+        | HttpPath::ForwarderPreserveTc => FORWARDER,
         HttpPath::Nftables | HttpPath::NginxTcp | HttpPath::HaproxyTcp => OTHER,
     }
 }

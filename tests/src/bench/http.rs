@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    lab::{HTTP_NODEPORT, LAN_IFACE, Lab, VIP, node_addr, service_file},
+    lab::{Flavour, HTTP_NODEPORT, LAN_IFACE, Lab, VIP, node_addr, service_file},
     netns::Process,
 };
 
@@ -22,6 +22,10 @@ pub enum HttpPath {
     Direct,
     ForwarderSnat,
     ForwarderPreserve,
+    /// The forwarder attached at TC, in a lab whose veths keep the
+    /// kernel's defaults (what `--attach auto` picks there).
+    ForwarderSnatTc,
+    ForwarderPreserveTc,
     /// nftables DNAT + masquerade.
     Nftables,
     /// nginx stream proxy, TCP.
@@ -31,10 +35,12 @@ pub enum HttpPath {
 }
 
 impl HttpPath {
-    pub const ALL: [HttpPath; 6] = [
+    pub const ALL: [HttpPath; 8] = [
         HttpPath::Direct,
         HttpPath::ForwarderSnat,
         HttpPath::ForwarderPreserve,
+        HttpPath::ForwarderSnatTc,
+        HttpPath::ForwarderPreserveTc,
         HttpPath::Nftables,
         HttpPath::NginxTcp,
         HttpPath::HaproxyTcp,
@@ -44,11 +50,22 @@ impl HttpPath {
     pub fn label(self) -> &'static str {
         match self {
             HttpPath::Direct => "no load balancer (kernel routing)",
-            HttpPath::ForwarderSnat => "forwarder snat",
-            HttpPath::ForwarderPreserve => "forwarder preserve",
+            HttpPath::ForwarderSnat => "forwarder snat (XDP)",
+            HttpPath::ForwarderPreserve => "forwarder preserve (XDP)",
+            HttpPath::ForwarderSnatTc => "forwarder snat (TC, default veths)",
+            HttpPath::ForwarderPreserveTc => "forwarder preserve (TC, default veths)",
             HttpPath::Nftables => "nftables DNAT + masquerade",
             HttpPath::NginxTcp => "nginx stream (TCP)",
             HttpPath::HaproxyTcp => "HAProxy (TCP mode)",
+        }
+    }
+
+    /// The lab it is measured in: the XDP-tuned one for all but the TC
+    /// paths, as before TC existed, so that their figures compare.
+    fn flavour(self) -> Flavour {
+        match self {
+            HttpPath::ForwarderSnatTc | HttpPath::ForwarderPreserveTc => Flavour::DefaultsTc,
+            _ => Flavour::TunedXdp,
         }
     }
 
@@ -72,6 +89,22 @@ pub struct WrkRun {
     pub requests: u64,
 }
 
+/// Latency at a fixed, moderate request rate: one new connection per
+/// request, each sent on a schedule rather than as soon as the last one
+/// was answered, so that queueing at saturation does not hide the path's
+/// own delay.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Paced {
+    pub rate: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub failed: u64,
+    pub requests: u64,
+}
+
+/// Requests per second of the paced run.
+pub const PACED_RATE: u32 = 500;
+
 /// A lab with its servers running, for one path's measurement: a fresh
 /// one each time, so no path meets the connection state (conntrack
 /// entries, the nodes' TIME_WAIT sockets) of the one before.
@@ -87,8 +120,8 @@ enum Installed {
 }
 
 impl HttpBench {
-    fn new() -> anyhow::Result<Self> {
-        let mut lab = Lab::new("fwh", 2)?;
+    fn new(flavour: Flavour) -> anyhow::Result<Self> {
+        let mut lab = Lab::with_flavour("fwh", 2, flavour)?;
         lab.start_servers()?;
         // The kernel-stack paths route and NAT on the forwarder host; the
         // client's ports are many so TIME_WAIT never runs them out.
@@ -106,8 +139,15 @@ impl HttpBench {
         let backends = [node_addr(0), node_addr(1)];
         match path {
             HttpPath::Direct => Ok(Installed::Nothing),
-            HttpPath::ForwarderSnat | HttpPath::ForwarderPreserve => {
-                let mode = if path == HttpPath::ForwarderSnat { "snat" } else { "preserve" };
+            HttpPath::ForwarderSnat
+            | HttpPath::ForwarderPreserve
+            | HttpPath::ForwarderSnatTc
+            | HttpPath::ForwarderPreserveTc => {
+                let mode = if matches!(path, HttpPath::ForwarderSnat | HttpPath::ForwarderSnatTc) {
+                    "snat"
+                } else {
+                    "preserve"
+                };
                 let services = lab.write_services(&service_file(mode, &[0, 1], ""))?;
                 Ok(Installed::Process(lab.start_forwarder(&services, &[])?))
             }
@@ -169,14 +209,48 @@ impl HttpBench {
         Ok(())
     }
 
-    /// Runs `wrk` through `path` for `duration` after a short warm-up, in
-    /// a lab of its own.
-    pub fn measure(path: HttpPath, duration: Duration) -> anyhow::Result<WrkRun> {
-        let bench = Self::new()?;
+    /// Runs `wrk` through `path` for `duration` after a short warm-up,
+    /// then `paced` requests at [`PACED_RATE`], in a lab of its own.
+    pub fn measure(path: HttpPath, duration: Duration, paced: u32) -> anyhow::Result<(WrkRun, Paced)> {
+        let bench = Self::new(path.flavour())?;
         let installed = bench.install(path).with_context(|| format!("setting up {}", path.label()))?;
-        let result = bench.wrk(path, Duration::from_secs(1)).and_then(|_| bench.wrk(path, duration));
+        let result = bench
+            .wrk(path, Duration::from_secs(1))
+            .and_then(|_| bench.wrk(path, duration))
+            .map(|wrk| (wrk, bench.paced(path, paced)));
         bench.uninstall(path, installed)?;
         result.with_context(|| format!("wrk through {}", path.label()))
+    }
+
+    fn paced(&self, path: HttpPath, requests: u32) -> Paced {
+        let target = path.target();
+        let interval = Duration::from_secs(1) / PACED_RATE;
+        let (mut latencies, failed) = self.lab.client.enter(|| {
+            let start = std::time::Instant::now();
+            let mut latencies = Vec::with_capacity(requests as usize);
+            let mut failed = 0;
+            for i in 0..requests {
+                let due = start + interval * i;
+                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let sent = std::time::Instant::now();
+                match crate::client::http_get(target) {
+                    Ok(_) => latencies.push(sent.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => failed += 1,
+                }
+            }
+            (latencies, failed)
+        });
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied();
+        Paced {
+            rate: PACED_RATE,
+            p50_ms: at(0.5).unwrap_or(f64::NAN),
+            p99_ms: at(0.99).unwrap_or(f64::NAN),
+            failed,
+            requests: u64::from(requests),
+        }
     }
 
     fn wrk(&self, path: HttpPath, duration: Duration) -> anyhow::Result<WrkRun> {

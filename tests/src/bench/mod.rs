@@ -45,6 +45,8 @@ struct Effort {
     pps_duration: Duration,
     http_rounds: u32,
     http_duration: Duration,
+    /// Requests of the fixed-rate latency run per path.
+    paced_requests: u32,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
                 pps_duration: Duration::from_secs(1),
                 http_rounds: 1,
                 http_duration: Duration::from_secs(2),
+                paced_requests: 500,
             }
         } else {
             Effort {
@@ -72,6 +75,7 @@ impl Config {
                 pps_duration: Duration::from_secs(2),
                 http_rounds: 3,
                 http_duration: Duration::from_secs(5),
+                paced_requests: 2_500,
             }
         }
     }
@@ -243,21 +247,25 @@ fn packet_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
 
 fn http_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("bench: HTTP through each path (wrk, one connection per request)");
-    let mut http: Vec<(HttpPath, Vec<http::WrkRun>)> =
+    let mut http: Vec<(HttpPath, Vec<(http::WrkRun, http::Paced)>)> =
         HttpPath::ALL.iter().map(|p| (*p, Vec::new())).collect();
     for round in 0..effort.http_rounds {
         for (path, runs) in &mut http {
-            let run = HttpBench::measure(*path, effort.http_duration)?;
+            let (run, paced) = HttpBench::measure(*path, effort.http_duration, effort.paced_requests)?;
             eprintln!(
-                "  round {}: {:<36} {:>8.0} conn/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                "  round {}: {:<40} {:>8.0} conn/s  p50 {:.2} ms  p99 {:.2} ms  errors {}; at {}/s: p50 {:.3} ms  p99 {:.3} ms  failed {}",
                 round + 1,
                 path.label(),
                 run.per_second,
                 run.p50_ms,
                 run.p99_ms,
-                run.errors
+                run.errors,
+                paced.rate,
+                paced.p50_ms,
+                paced.p99_ms,
+                paced.failed
             );
-            runs.push(run);
+            runs.push((run, paced));
         }
     }
     report.http = http.into_iter().map(|(path, runs)| HttpRow::new(path, runs)).collect();

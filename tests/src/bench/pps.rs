@@ -42,6 +42,8 @@ pub enum Case {
     /// Swap MACs and redirect: the most any XDP forwarder can do.
     TrivialForwarder,
     ForwarderSnatEstablished,
+    /// The same datapath attached at TC (tcx) instead of XDP.
+    ForwarderSnatEstablishedTc,
     ForwarderPreserveEstablished,
     ForwarderSnatNewFlows,
     ForwarderPreserveNewFlows,
@@ -52,10 +54,11 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::XdpDrop,
         Case::TrivialForwarder,
         Case::ForwarderSnatEstablished,
+        Case::ForwarderSnatEstablishedTc,
         Case::ForwarderPreserveEstablished,
         Case::ForwarderSnatNewFlows,
         Case::ForwarderPreserveNewFlows,
@@ -69,6 +72,7 @@ impl Case {
             Case::XdpDrop => "XDP_DROP (ceiling)",
             Case::TrivialForwarder => "trivial XDP forwarder (ceiling)",
             Case::ForwarderSnatEstablished => "forwarder snat, established",
+            Case::ForwarderSnatEstablishedTc => "forwarder snat, established, TC attach",
             Case::ForwarderPreserveEstablished => "forwarder preserve, established",
             Case::ForwarderSnatNewFlows => "forwarder snat, new flow per packet",
             Case::ForwarderPreserveNewFlows => "forwarder preserve, new flow per packet",
@@ -126,12 +130,22 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
             })
         }
         Case::ForwarderSnatEstablished
+        | Case::ForwarderSnatEstablishedTc
         | Case::ForwarderPreserveEstablished
         | Case::ForwarderSnatNewFlows
         | Case::ForwarderPreserveNewFlows => {
             let mode = match case {
-                Case::ForwarderSnatEstablished | Case::ForwarderSnatNewFlows => "snat",
+                Case::ForwarderSnatEstablished
+                | Case::ForwarderSnatEstablishedTc
+                | Case::ForwarderSnatNewFlows => "snat",
                 _ => "preserve",
+            };
+            let plan = if case == Case::ForwarderSnatEstablishedTc {
+                // No XDP on f0: the generator's XDP frames need GRO to be received.
+                fwd.exec("ethtool", "-K f0 gro on")?;
+                Plan::Tc
+            } else {
+                Plan::Xdp(kernel::XdpMode::Native)
             };
             // New-flow cases: a table of 32,768 connections, below the SNAT
             // port space of two backends (2 x 31,744), so the table is full
@@ -143,8 +157,8 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
                 let file = ServiceFile::parse(Path::new("bench.toml"), &services(mode))?;
                 let mut table = ServiceTable::new(capacity, None)?;
                 table.apply(&file, &mut kernel.maps)?;
-                kernel.attach("f0", Plan::Xdp(kernel::XdpMode::Native))?;
-                kernel.attach("f1", Plan::Xdp(kernel::XdpMode::Native))?;
+                kernel.attach("f0", plan)?;
+                kernel.attach("f1", plan)?;
                 Ok(Installed::Forwarder(Box::new(kernel)))
             })
         }
@@ -181,7 +195,10 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
 fn uninstall(rig: &Rig, installed: Installed) -> anyhow::Result<()> {
     match installed {
         Installed::Bench(ebpf) => drop(ebpf),
-        Installed::Forwarder(kernel) => drop(kernel),
+        Installed::Forwarder(kernel) => {
+            drop(kernel);
+            rig.fwd.exec("ethtool", "-K f0 gro off")?;
+        }
         Installed::Nftables => {
             rig.fwd.exec("nft", "delete table ip forwarder_bench")?;
             rig.fwd.exec("ethtool", "-K f0 gro off")?;

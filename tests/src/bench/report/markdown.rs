@@ -221,16 +221,27 @@ impl Report {
         let _ = writeln!(
             md,
             "\n## HTTP through each path\n\n`wrk -t1 -c{} --latency -H \"Connection: close\"`: one TCP connection per \
-             request, to nginx on two nodes (median of {} runs).\n\n\
-             | path | connections/s | p50 ms | p99 ms | errors / requests |\n|---|---:|---:|---:|---:|",
+             request, to nginx on two nodes (median of {} runs). Then latency at a fixed {} requests/s, one new \
+             connection each, sent on a schedule (connect to answer).\n\n\
+             | path | connections/s | p50 ms | p99 ms | errors / requests | p50 ms at {2}/s | p99 ms at {2}/s | failed |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|",
             http::CONNECTIONS,
-            self.http.first().map_or(0, |r| r.runs.len())
+            self.http.first().map_or(0, |r| r.runs.len()),
+            http::PACED_RATE,
         );
         for r in &self.http {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {} / {} |",
-                r.label, r.per_second, r.p50_ms, r.p99_ms, r.errors, r.requests
+                "| {} | {:.0} | {:.2} | {:.2} | {} / {} | {:.3} | {:.3} | {} |",
+                r.label,
+                r.per_second,
+                r.p50_ms,
+                r.p99_ms,
+                r.errors,
+                r.requests,
+                r.paced_p50_ms,
+                r.paced_p99_ms,
+                r.paced_failed
             );
         }
 

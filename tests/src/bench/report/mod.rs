@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     control::{self, ControlPlane},
-    http::{self, HttpPath, WrkRun},
+    http::{self, HttpPath, Paced, WrkRun},
     median,
     pps::{self, Case},
 };
@@ -50,11 +50,22 @@ pub struct HttpRow {
     pub errors: u64,
     pub requests: u64,
     pub runs: Vec<WrkRun>,
+    /// Latency at a fixed rate (medians over the runs); absent from
+    /// reports older than it.
+    #[serde(default)]
+    pub paced_p50_ms: f64,
+    #[serde(default)]
+    pub paced_p99_ms: f64,
+    #[serde(default)]
+    pub paced_failed: u64,
+    #[serde(default)]
+    pub paced: Vec<Paced>,
 }
 
 impl HttpRow {
     #[must_use]
-    pub fn new(path: HttpPath, runs: Vec<WrkRun>) -> Self {
+    pub fn new(path: HttpPath, runs: Vec<(WrkRun, Paced)>) -> Self {
+        let (runs, paced): (Vec<WrkRun>, Vec<Paced>) = runs.into_iter().unzip();
         Self {
             path,
             label: path.label().to_owned(),
@@ -64,6 +75,10 @@ impl HttpRow {
             errors: runs.iter().map(|r| r.errors).sum(),
             requests: runs.iter().map(|r| r.requests).sum(),
             runs,
+            paced_p50_ms: median(paced.iter().map(|r| r.p50_ms)),
+            paced_p99_ms: median(paced.iter().map(|r| r.p99_ms)),
+            paced_failed: paced.iter().map(|r| r.failed).sum(),
+            paced,
         }
     }
 }
