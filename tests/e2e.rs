@@ -234,3 +234,37 @@ fn invalid_reload_changes_nothing() {
     assert_eq!(per_node(&answers).len(), 2, "still forwarding to both nodes");
     forwarder.stop().unwrap();
 }
+
+/// In the usual topology (the router sends the VIP to the forwarder, the
+/// forwarder's default route is that router; here the client plays the
+/// router) a datagram to a VIP port no service has is answered by the
+/// forwarder's kernel (the VIP's unreachable route) instead of bouncing
+/// between the two until its TTL runs out. The route goes on stop.
+#[test]
+fn unserved_vip_traffic_is_answered_not_routed_back() {
+    let lab = lab_with_servers(1);
+    let path = lab.write_services(&services("snat", &[0])).unwrap();
+    lab.client.exec("sysctl", "-qw net.ipv4.ip_forward=1").unwrap();
+    lab.forwarder.ip(&format!("route add default via {CLIENT}")).unwrap();
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let unreachable = || lab.forwarder.ip("route show type unreachable").unwrap();
+    assert!(unreachable().contains(&VIP.to_string()), "{}", unreachable());
+
+    let received = || -> u64 {
+        lab.client.exec("cat", "/sys/class/net/eth0/statistics/rx_packets").unwrap().trim().parse().unwrap()
+    };
+    let before = received();
+    lab.client.enter(|| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_ttl(255).unwrap();
+        socket.send_to(b"nobody serves this", SocketAddrV4::new(VIP, 9)).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let crossings = received() - before;
+    // One ICMP unreachable comes back (a loop would bring ~127 copies).
+    assert!(crossings <= 2, "{crossings} packets came back over the router link");
+    assert!(lab.client.enter(|| http_get(WEB)).is_ok(), "the service still answers");
+
+    forwarder.stop().unwrap();
+    assert!(!unreachable().contains(&VIP.to_string()), "route removed on stop: {}", unreachable());
+}

@@ -3,13 +3,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::{
-    host::{Neighbours, PinDir, Record, Sysctls, Vips, daemon_running, places},
+    host::{Neighbours, PinDir, Record, Sysctls, UnreachableVips, Vips, daemon_running, places},
     kernel::{self, pins_remove_all},
 };
 
 /// Remove everything the forwarder left on this host: detach its programs,
 /// delete its pinned maps (and so its connection table), withdraw announced
-/// VIPs, remove managed neighbour entries and restore forwarding sysctls.
+/// VIPs and the VIPs' unreachable routes, remove managed neighbour entries
+/// and restore forwarding sysctls.
 /// Refuses while a daemon is running.
 #[derive(Debug, Args)]
 pub struct DownArgs {
@@ -41,7 +42,8 @@ impl DownArgs {
                     Vips::new(handle.clone(), iface.clone(), index, vips.collect::<Vec<_>>()).undo().await;
                 }
             }
-            Neighbours::new(handle, record.neighbours.clone()).undo().await;
+            Neighbours::new(handle.clone(), record.neighbours.clone()).undo().await;
+            UnreachableVips::new(handle, record.unreachable.clone()).undo().await;
             anyhow::Ok(())
         })?;
         Sysctls::new(record.forwarding.clone()).undo();
@@ -58,9 +60,10 @@ impl DownArgs {
         }
         Record::remove(run_dir)?;
         println!(
-            "removed {} pinned objects, {} VIPs, {} neighbour entries; restored {} sysctls",
+            "removed {} pinned objects, {} VIPs, {} unreachable routes, {} neighbour entries; restored {} sysctls",
             removed.len(),
             record.announced.len(),
+            record.unreachable.len(),
             record.neighbours.len(),
             record.forwarding.len()
         );

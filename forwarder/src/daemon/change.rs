@@ -45,6 +45,7 @@ impl Daemon {
         if let Some(vips) = self.host.vips.as_mut() {
             vips.reconcile(&self.desired).await;
         }
+        self.host.unreachable.reconcile(&self.desired).await;
         if !summary.is_empty() {
             self.save();
         }

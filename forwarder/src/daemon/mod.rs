@@ -46,7 +46,7 @@ use self::{
 use crate::{
     config::ServiceFile,
     conntrack::sweep::{self, Sweep},
-    host::{Neighbours, PinDir, Record, RunDir, Sysctls, Vips},
+    host::{Neighbours, PinDir, Record, RunDir, Sysctls, UnreachableVips, Vips},
     kernel::{self, AttachChoice, Capacity, Kernel, Pins, Plan, XdpMode},
     state::ServiceTable,
 };
@@ -91,6 +91,7 @@ struct Host {
     sysctls: Sysctls,
     neighbours: Option<Neighbours>,
     vips: Option<Vips>,
+    unreachable: UnreachableVips,
     run_dir: RunDir,
 }
 
@@ -158,6 +159,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 previous.announced.iter().filter(|(i, _)| *i == iface).map(|(_, a)| *a).collect();
             Vips::new(handle.clone(), iface, index, inherited)
         }),
+        unreachable: UnreachableVips::new(handle.clone(), previous.unreachable.clone()),
         run_dir,
     };
     let mut daemon = Daemon {
@@ -297,13 +299,14 @@ impl Daemon {
     async fn abort(self) {
         let Self { kernel, mut checks, host, .. } = self;
         checks.stop();
-        let Host { mut sysctls, neighbours, vips, run_dir } = host;
+        let Host { mut sysctls, neighbours, vips, mut unreachable, run_dir } = host;
         if let Some(mut neighbours) = neighbours {
             neighbours.undo_own().await;
         }
         if let Some(mut vips) = vips {
             vips.undo_own().await;
         }
+        unreachable.undo_own().await;
         kernel.abort();
         sysctls.undo_own();
         run_dir.release();
@@ -328,7 +331,7 @@ impl Daemon {
     }
 
     fn save(&self) {
-        let Host { sysctls, neighbours, vips, run_dir } = &self.host;
+        let Host { sysctls, neighbours, vips, unreachable, run_dir } = &self.host;
         let record = Record {
             layout: LAYOUT_VERSION,
             pin_dir: self.pin_dir.clone(),
@@ -336,6 +339,7 @@ impl Daemon {
             neighbours: neighbours.as_ref().map(Neighbours::owned).unwrap_or_default(),
             announced: vips.as_ref().map(Vips::owned).unwrap_or_default(),
             forwarding: sysctls.owned(),
+            unreachable: unreachable.owned(),
             ..Record::default()
         };
         if let Err(err) = run_dir.save(&record) {
@@ -354,6 +358,7 @@ impl Daemon {
                 if let Some(vips) = self.host.vips.as_mut() {
                     vips.undo().await;
                 }
+                self.host.unreachable.undo().await;
                 // Detached first: the datapath's route lookups need forwarding on.
                 self.kernel.detach_all();
                 self.host.sysctls.undo();

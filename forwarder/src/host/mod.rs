@@ -1,8 +1,8 @@
 //! What the daemon changes on the host besides its BPF objects, and must
 //! either undo (a stop, `forwarder down`) or leave for a successor to adopt
 //! (a hand-over, a crash): managed neighbour entries, announced VIPs,
-//! forwarding sysctls, the bpffs mount and the state record that lists
-//! them all. `routes`, `ports` and `interfaces` only ask the host questions.
+//! forwarding sysctls, unreachable routes for VIPs, the bpffs mount and
+//! the state record that lists them all. `routes`, `ports` and `interfaces` only ask the host questions.
 //!
 //! Each change is a small type with the same verbs, used the same way by
 //! `run`, by restarts and by `down`:
@@ -30,6 +30,7 @@ mod record;
 mod record_v0;
 pub mod routes;
 mod sysctl;
+mod unreachable;
 mod vips;
 
 pub use self::{
@@ -38,5 +39,6 @@ pub use self::{
     owned::Owned,
     record::{Record, RecordError, RunDir, daemon_running},
     sysctl::{SysctlError, Sysctls},
+    unreachable::UnreachableVips,
     vips::Vips,
 };

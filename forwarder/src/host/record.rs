@@ -41,6 +41,8 @@ pub struct Record {
     pub announced: Vec<(String, Ipv4Addr)>,
     /// `forwarding` sysctls switched on, to switch off again.
     pub forwarding: Vec<PathBuf>,
+    /// VIPs given an unreachable route.
+    pub unreachable: Vec<Ipv4Addr>,
 }
 
 impl Default for Record {
@@ -53,6 +55,7 @@ impl Default for Record {
             neighbours: Vec::new(),
             announced: Vec::new(),
             forwarding: Vec::new(),
+            unreachable: Vec::new(),
         }
     }
 }
