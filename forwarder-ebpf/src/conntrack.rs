@@ -15,6 +15,8 @@ use crate::maps::FLOWS;
 /// this is alive whatever its peer says, so the common case needs no second
 /// lookup.
 const ALIVE_FOR_SURE_NS: u64 = TCP_CLOSING_TIMEOUT_NS;
+// `usable` trusts an entry refreshed within the interval without its peer.
+const _: () = assert!(REFRESH_INTERVAL_NS < ALIVE_FOR_SURE_NS);
 
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<*mut FlowEntry> {
@@ -34,8 +36,14 @@ pub fn expired(entry: &FlowEntry, proto: u8, now: u64) -> bool {
     if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
         return false;
     }
+    expired_with(entry, FLOWS.get_ptr(entry.peer_key(proto)), proto, now)
+}
+
+/// [`expired`], with `entry`'s peer (`None`: gone) looked up by the caller.
+#[inline(always)]
+fn expired_with(entry: &FlowEntry, peer: Option<*const FlowEntry>, proto: u8, now: u64) -> bool {
     let (mut peer_seen, mut last) = (0, entry.last_seen_ns);
-    if let Some(peer) = FLOWS.get_ptr(entry.peer_key(proto)) {
+    if let Some(peer) = peer {
         // SAFETY: a map value pointer from the lookup helper.
         let peer = unsafe { &*peer };
         peer_seen = peer.seen;
@@ -47,12 +55,29 @@ pub fn expired(entry: &FlowEntry, proto: u8, now: u64) -> bool {
     past_timeout(now, last, timeout_ns(proto, original, reply))
 }
 
-/// Whether this packet may use `entry`, or must start a new connection
-/// (expired, or a SYN re-opening a closed 5-tuple).
+/// Whether this packet may use `entry`, or must start a new connection:
+/// expired, a SYN re-opening a closed 5-tuple, or an original entry whose
+/// reply entry is gone (evicted, or swept): translating with it would send
+/// the node's answers to the host, which resets the connection, while a
+/// new connection puts both entries back.
+///
+/// An entry refreshed within the last second is alive (every timeout is
+/// longer), so the common packet needs no second lookup: the peer is
+/// looked up once a second per direction, when the refresh is due.
 #[inline(always)]
 pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
-    let reopened = entry.flags & FLAG_REPLY == 0 && reopens(entry.seen, packet_seen);
-    !reopened && !expired(entry, proto, now)
+    let original = entry.flags & FLAG_REPLY == 0;
+    if original && reopens(entry.seen, packet_seen) {
+        return false;
+    }
+    if !refresh_due(entry, now) {
+        return true;
+    }
+    let peer = FLOWS.get_ptr(entry.peer_key(proto));
+    if original && peer.is_none() {
+        return false;
+    }
+    !expired_with(entry, peer, proto, now)
 }
 
 /// Whether `entry`'s `last_seen` is due for a refresh (about once a

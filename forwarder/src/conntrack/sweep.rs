@@ -1,5 +1,11 @@
 //! The periodic sweep: removes expired connections (both entries) and
 //! counts the live ones per service and backend, for `stats`.
+//!
+//! The datapath reuses an expired connection's keys at once (the same
+//! client 5-tuple again, or another connection claiming its reply tuple),
+//! so between the scan and the delete a key may come to hold a new
+//! connection's entry: an entry is deleted only while it is still the one
+//! the scan judged ([`remove_entry`]).
 
 use std::{
     collections::HashMap,
@@ -8,13 +14,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+use forwarder_common::maps::{FlowEntry, FlowKey};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{FlowMap, now_ns, open, scan};
+use super::{Conn, FlowMap, now_ns, open, scan};
+use crate::kernel::batch;
 
 /// How often the sweep runs.
 pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long past its timeout a connection must be to be swept: the
+/// datapath may be forwarding a packet of a connection at the edge of its
+/// timeout (judged alive an instant before, refreshed an instant after),
+/// which must not lose its entries in between.
+pub const MARGIN: Duration = Duration::from_secs(1);
+
+/// `BPF_NOEXIST`: put an entry back only where nothing took its key.
+const NOEXIST: u64 = 1;
 
 /// What a sweep found.
 #[derive(Clone, Debug)]
@@ -40,15 +57,13 @@ impl Default for Sweep {
 
 /// Removes expired connections (both entries) and counts the live ones.
 pub fn sweep(flows: &mut FlowMap) -> Sweep {
-    let now = now_ns();
+    let now = now_ns().saturating_sub(MARGIN.as_nanos() as u64);
     let mut result = Sweep::default();
     for conn in scan(flows) {
         if conn.expired(now) {
-            let _ = flows.remove(&conn.key);
-            if !conn.orphan {
-                let _ = flows.remove(&conn.original.peer_key(conn.key.proto));
+            if remove(flows, &conn) {
+                result.removed += 1;
             }
-            result.removed += 1;
         } else if !conn.orphan {
             result.connections += 1;
             *result.by_service.entry(conn.original.service_id).or_default() += 1;
@@ -57,6 +72,41 @@ pub fn sweep(flows: &mut FlowMap) -> Sweep {
     }
     result.at = Instant::now();
     result
+}
+
+/// Removes the entries of the expired `conn` that still hold what the scan
+/// read; false if its first entry no longer does (the key was reused, or
+/// the connection was gone).
+fn remove(flows: &mut FlowMap, conn: &Conn) -> bool {
+    if !remove_entry(flows, &conn.key, &conn.original) {
+        return false;
+    }
+    // A reply entry the scan did not find is left alone too: its key may
+    // have been claimed since by a new connection.
+    if let Some(reply) = &conn.reply {
+        remove_entry(flows, &conn.original.peer_key(conn.key.proto), reply);
+    }
+    true
+}
+
+/// Deletes `key` if it still holds `scanned`, unchanged: a new connection's
+/// entry (another `created_ns`) or a refreshed one stays. Checked first,
+/// which leaves a replaced entry untouched, and again on what the atomic
+/// delete returns, which goes back if the key changed in between.
+fn remove_entry(flows: &mut FlowMap, key: &FlowKey, scanned: &FlowEntry) -> bool {
+    if flows.get(key, 0).ok().as_ref() != Some(scanned) {
+        return false;
+    }
+    match batch::take(flows, key) {
+        Ok(Some(taken)) if taken == *scanned => true,
+        Ok(Some(taken)) => {
+            // Fails only if the datapath claimed the key again meanwhile:
+            // its entry is the newer.
+            let _ = flows.insert(key, taken, NOEXIST);
+            false
+        }
+        Ok(None) | Err(_) => false,
+    }
 }
 
 /// Sweeps the pinned table at `pin` every [`INTERVAL`] on a blocking

@@ -1,13 +1,21 @@
-//! Batched map updates and deletes (`BPF_MAP_UPDATE_BATCH`,
-//! `BPF_MAP_DELETE_BATCH`), which aya 0.14 does not wrap.
+//! Map commands aya 0.14 does not wrap for hash maps: batched updates and
+//! deletes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`) and
+//! lookup-and-delete ([`take`]).
 //!
-//! They matter for the map of Maglev tables: the kernel waits for an RCU
+//! Batches matter for the map of Maglev tables: the kernel waits for an RCU
 //! grace period after every update of a map-of-maps (milliseconds each),
 //! but only once per batch (Linux 6.7+).
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::{
+    borrow::Borrow,
+    mem::MaybeUninit,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use aya::{Pod, maps::MapData};
+use aya::{
+    Pod,
+    maps::{HashMap, IterableMap as _, MapData},
+};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 fn io_error(message: String) -> std::io::Error {
@@ -50,6 +58,39 @@ fn batch(
     // alive for the call.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, &attr, size_of::<bpf_attr>()) };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Deletes `key` and returns the value it held (`None`: there was none),
+/// atomically: what is returned is exactly what was deleted, whatever the
+/// datapath writes meanwhile (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps
+/// since Linux 5.14).
+pub fn take<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &mut HashMap<T, K, V>,
+    key: &K,
+) -> std::io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::zeroed();
+    // SAFETY: all-zeroes is the "unset" state of every bpf_attr field.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: plain integer fields of the union member the command reads.
+    unsafe {
+        let elem = &mut attr.__bindgen_anon_2;
+        elem.map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+        elem.key = std::ptr::from_ref(key) as u64;
+        elem.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    }
+    let cmd = bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM;
+    // SAFETY: `attr` is a valid bpf_attr; key and value point to a `K` and
+    // a `V`, the map's key and value sizes (checked when aya made the typed
+    // map), alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, &attr, size_of::<bpf_attr>()) };
+    if rc == 0 {
+        // SAFETY: the kernel wrote a whole `V`, and `V: Pod` has no invalid bit patterns.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    match std::io::Error::last_os_error() {
+        err if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        err => Err(err),
+    }
 }
 
 /// Sets `keys[i]` to `values[i]` for every i, in one call.
