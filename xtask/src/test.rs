@@ -68,8 +68,12 @@ fn is_bpffs(path: &str) -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
 }
 
+/// Whether a bpffs holds nothing but the iterators the kernel's
+/// `bpf_preload` puts in every new one (`maps.debug`, `progs.debug`).
 fn dir_is_empty(path: &str) -> bool {
-    std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+    std::fs::read_dir(path).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).all(|e| e.file_name().to_string_lossy().ends_with(".debug"))
+    })
 }
 
 /// Removes what a test run killed before its guards ran left behind:
