@@ -47,16 +47,19 @@ impl DownArgs {
             anyhow::Ok(())
         })?;
         Sysctls::new(record.forwarding.clone()).undo();
+        // The default directory may be reachable only through a handle
+        // into another mount namespace: `shown` is what the record names.
         let pin_dir = match pin_dir {
-            Some(dir) => Some(dir),
-            None => PinDir::find_default(&places::state_name()).map(|dir| dir.path),
+            Some(dir) => Some(PinDir::at_existing(&dir)),
+            None => PinDir::find_default(&places::state_name()),
         };
         let mut removed = match &pin_dir {
-            Some(dir) => pins_remove_all(dir)?,
+            Some(dir) => pins_remove_all(&dir.path)?,
             None => Vec::new(),
         };
-        if pin_dir.as_ref() != Some(&record.pin_dir) && !record.pin_dir.as_os_str().is_empty() {
-            removed.extend(pins_remove_all(&record.pin_dir)?);
+        let recorded = &record.pin_dir;
+        if pin_dir.as_ref().is_none_or(|dir| &dir.shown != recorded) && !recorded.as_os_str().is_empty() {
+            removed.extend(pins_remove_all(recorded)?);
         }
         Record::remove(run_dir)?;
         println!(

@@ -170,7 +170,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         checks: Checks::new(health_events),
         host,
         pins,
-        pin_dir: pin_dir.shown,
+        pin_dir,
         ifindexes,
         sampler: Sampler::default(),
         sweep: watch_channel::channel(Arc::new(Sweep::default())).1,
@@ -234,8 +234,8 @@ struct Daemon {
     checks: Checks,
     host: Host,
     pins: Pins,
-    /// Where the pins are, as the record names it.
-    pin_dir: PathBuf,
+    /// Where the pins are; holds the handle their path may go through.
+    pin_dir: PinDir,
     ifindexes: Vec<u32>,
     sampler: Sampler,
     sweep: watch_channel::Receiver<Arc<Sweep>>,
@@ -334,7 +334,7 @@ impl Daemon {
         let Host { sysctls, neighbours, vips, unreachable, run_dir } = &self.host;
         let record = Record {
             layout: LAYOUT_VERSION,
-            pin_dir: self.pin_dir.clone(),
+            pin_dir: self.pin_dir.shown.clone(),
             services: self.table.services().values().cloned().collect(),
             neighbours: neighbours.as_ref().map(Neighbours::owned).unwrap_or_default(),
             announced: vips.as_ref().map(Vips::owned).unwrap_or_default(),

@@ -11,19 +11,36 @@
 //! need be, and are reached through a directory handle into it. A bpffs
 //! mounted here is never unmounted by the daemon, since its pins are what
 //! keeps the datapath attached.
+//!
+//! The parent is trusted only as far as it is checked: its /proc entry is
+//! opened once and the parent is confirmed alive after that (so a reused
+//! PID cannot stand in for it), its mount namespace must belong to this
+//! process's user namespace (a namespace an unprivileged user built is
+//! refused), and the mount is a system call made from a forked child,
+//! never a program found in that namespace.
 
 use std::{
+    ffi::CString,
     fs::File,
-    os::{fd::IntoRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
-    process::Command,
+    sync::Arc,
 };
 
 use nix::{
+    fcntl::{OFlag, open, openat},
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, statfs},
+    sys::{
+        stat::Mode,
+        statfs::{BPF_FS_MAGIC, statfs},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, fork, getppid},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 /// Where bpffs belongs.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -37,8 +54,12 @@ pub enum BpfFsError {
         if *error == nix::Error::EPERM { " (needs CAP_SYS_ADMIN: mount one yourself with `mount -t bpf bpf /sys/fs/bpf`, or pass --pin-dir DIR on a bpffs)" } else { "" }
     )]
     Mount { path: PathBuf, error: nix::Error },
-    #[error("mounting bpffs on {BPFFS_ROOT} in the parent's mount namespace: {0}")]
-    MountOutside(String),
+    #[error(
+        "{BPFFS_ROOT} here is in a private mount namespace that dies with this process, and the \
+         bpffs of the namespace it was started from cannot be used: {0}; pass --pin-dir DIR on a \
+         bpffs that outlives this process"
+    )]
+    Outside(String),
 }
 
 /// A pin directory on a bpffs, ready for pins.
@@ -49,6 +70,9 @@ pub struct PinDir {
     /// The path as the mount namespace that holds it sees it: for logs,
     /// the state record and `forwarder down`.
     pub shown: PathBuf,
+    /// The handle `path` goes through when the bpffs is in another mount
+    /// namespace: `path` is valid as long as a clone of this lives.
+    _handle: Option<Arc<OwnedFd>>,
 }
 
 impl PinDir {
@@ -74,7 +98,7 @@ impl PinDir {
                     .map_err(|error| BpfFsError::Io { path: dir.to_owned(), error })?;
             }
         }
-        Ok(Self { path: dir.to_owned(), shown: dir.to_owned() })
+        Ok(Self { path: dir.to_owned(), shown: dir.to_owned(), _handle: None })
     }
 
     /// The default pin directory `/sys/fs/bpf/NAME`, in the bpffs that
@@ -84,88 +108,151 @@ impl PinDir {
         if is_bpffs(Path::new(BPFFS_ROOT)) {
             return Self::at(&shown);
         }
-        let Some(parent) = outer_mount_namespace() else { return Self::at(&shown) };
-        match bpffs_of(parent, true) {
-            Ok(root) => {
-                let path = root.join(name);
-                std::fs::create_dir_all(&path)
-                    .map_err(|error| BpfFsError::Io { path: shown.clone(), error })?;
-                info!(dir = %shown.display(), "pinning in the bpffs of the mount namespace this process was started from, so that pins outlive this one");
-                Ok(Self { path, shown })
-            }
-            Err(err) => {
-                warn!(%err, "pins will last only as long as this mount namespace");
-                Self::at(&shown)
-            }
-        }
+        let Some(parent) = Parent::in_other_mount_namespace()? else { return Self::at(&shown) };
+        let handle = parent.bpffs(true)?;
+        let dir = Self::through(handle, name);
+        std::fs::create_dir_all(&dir.path).map_err(|error| BpfFsError::Io { path: shown, error })?;
+        info!(dir = %dir.shown.display(), "pinning in the bpffs of the mount namespace this process was started from, so that pins outlive this one");
+        Ok(dir)
     }
 
     /// Where the default pin directory `NAME` is, if it exists; mounts
     /// nothing (for `forwarder down`).
     #[must_use]
     pub fn find_default(name: &str) -> Option<Self> {
-        let shown = Path::new(BPFFS_ROOT).join(name);
-        let path = if is_bpffs(Path::new(BPFFS_ROOT)) {
-            shown.clone()
+        let dir = if is_bpffs(Path::new(BPFFS_ROOT)) {
+            let shown = Path::new(BPFFS_ROOT).join(name);
+            Self { path: shown.clone(), shown, _handle: None }
         } else {
-            bpffs_of(outer_mount_namespace()?, false).ok()?.join(name)
+            Self::through(Parent::in_other_mount_namespace().ok()??.bpffs(false).ok()?, name)
         };
-        path.exists().then_some(Self { path, shown })
+        dir.path.exists().then_some(dir)
     }
-}
 
-/// The process this one was started from, if it is in another mount
-/// namespace (as under `ip netns exec`, or a unit with a private one).
-fn outer_mount_namespace() -> Option<u32> {
-    let parent = nix::unistd::getppid().as_raw().cast_unsigned();
-    let ours = std::fs::metadata("/proc/self/ns/mnt").ok()?;
-    let theirs = std::fs::metadata(format!("/proc/{parent}/ns/mnt")).ok()?;
-    (parent > 0 && (ours.dev(), ours.ino()) != (theirs.dev(), theirs.ino())).then_some(parent)
-}
+    /// `dir` as given, for removing what is in it; checks and mounts
+    /// nothing.
+    #[must_use]
+    pub fn at_existing(dir: &Path) -> Self {
+        Self { path: dir.to_owned(), shown: dir.to_owned(), _handle: None }
+    }
 
-/// A path into /sys/fs/bpf of process `pid`'s mount namespace, mounting a
-/// bpffs there first if `mount` and there is none. The path goes through
-/// a directory handle kept open for the life of this process, so it stays
-/// valid after `pid` exits.
-fn bpffs_of(pid: u32, mount: bool) -> Result<PathBuf, BpfFsError> {
-    let root = PathBuf::from(format!("/proc/{pid}/root{BPFFS_ROOT}"));
-    if !is_bpffs(&root) {
-        if !mount {
-            return Err(BpfFsError::MountOutside("no bpffs there".to_owned()));
+    fn through(handle: OwnedFd, name: &str) -> Self {
+        Self {
+            path: PathBuf::from(format!("/proc/self/fd/{}/{name}", handle.as_raw_fd())),
+            shown: Path::new(BPFFS_ROOT).join(name),
+            _handle: Some(Arc::new(handle)),
         }
-        mount_in_namespace_of(pid)?;
     }
-    let dir = File::open(&root).map_err(|error| BpfFsError::Io { path: root.clone(), error })?;
-    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.into_raw_fd()));
-    if !is_bpffs(&path) {
-        return Err(BpfFsError::MountOutside("the mount did not show up".to_owned()));
-    }
-    Ok(path)
 }
 
-/// Mounts bpffs on /sys/fs/bpf in `pid`'s mount namespace, from a child
-/// process (a multi-threaded process cannot change its mount namespace).
-fn mount_in_namespace_of(pid: u32) -> Result<(), BpfFsError> {
-    let outside = |error: &dyn std::fmt::Display| BpfFsError::MountOutside(error.to_string());
-    let namespace = File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| outside(&e))?;
-    let mut mount = Command::new("mount");
-    mount.args(["-t", "bpf", "bpf", BPFFS_ROOT]);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes one system call, on a descriptor opened before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut mount, move || {
-            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)
-        });
+/// The process this one was started from, held by its /proc directory,
+/// which keeps naming that process (or nothing) even if its PID is reused.
+struct Parent {
+    proc_dir: OwnedFd,
+}
+
+impl Parent {
+    /// The parent, if it is in another mount namespace (as under `ip netns
+    /// exec`, or a unit with a private one) and one this process may use.
+    fn in_other_mount_namespace() -> Result<Option<Self>, BpfFsError> {
+        let outside = |what: &str, error: nix::Error| BpfFsError::Outside(format!("{what}: {error}"));
+        let pid = getppid();
+        if pid.as_raw() <= 1 {
+            // Orphaned or started by init: init's namespace is the host's.
+            return Ok(None);
+        }
+        let proc_dir =
+            open(format!("/proc/{pid}").as_str(), OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| outside("opening the parent's /proc entry", e))?;
+        if getppid() != pid {
+            return Err(BpfFsError::Outside("the parent exited while it was being looked at".to_owned()));
+        }
+        let parent = Self { proc_dir };
+        let ours = std::fs::metadata("/proc/self/ns/mnt").map_err(|e| BpfFsError::Outside(e.to_string()))?;
+        let theirs = parent.namespace("mnt")?;
+        if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) {
+            return Ok(None);
+        }
+        let (our_users, their_users) = (
+            std::fs::metadata("/proc/self/ns/user").map_err(|e| BpfFsError::Outside(e.to_string()))?,
+            parent.namespace("user")?,
+        );
+        if (our_users.dev(), our_users.ino()) != (their_users.dev(), their_users.ino()) {
+            return Err(BpfFsError::Outside("the parent is in another user namespace".to_owned()));
+        }
+        Ok(Some(parent))
     }
-    let output = mount.output().map_err(|e| outside(&e))?;
-    if !output.status.success() {
-        return Err(outside(&String::from_utf8_lossy(&output.stderr).trim()));
+
+    fn open(&self, entry: &str, flags: OFlag) -> Result<OwnedFd, BpfFsError> {
+        openat(self.proc_dir.as_fd(), entry, flags | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| BpfFsError::Outside(format!("the parent's {entry}: {e}")))
     }
-    info!(
-        pid,
-        "mounted bpffs on {BPFFS_ROOT} in the mount namespace of the process this one was started from"
-    );
-    Ok(())
+
+    fn namespace(&self, kind: &str) -> Result<std::fs::Metadata, BpfFsError> {
+        let fd = self.open(&format!("ns/{kind}"), OFlag::O_RDONLY)?;
+        File::from(fd).metadata().map_err(|e| BpfFsError::Outside(e.to_string()))
+    }
+
+    /// A handle on /sys/fs/bpf of the parent's mount namespace, mounting a
+    /// bpffs there first if `mount` and there is none.
+    fn bpffs(&self, mount: bool) -> Result<OwnedFd, BpfFsError> {
+        let root = || self.open(&format!("root{BPFFS_ROOT}"), OFlag::O_DIRECTORY | OFlag::O_RDONLY);
+        let mut handle = root()?;
+        if !is_bpffs_fd(&handle) {
+            if !mount {
+                return Err(BpfFsError::Outside(format!("no bpffs on {BPFFS_ROOT} there")));
+            }
+            mount_in(&self.open("ns/mnt", OFlag::O_RDONLY)?)?;
+            handle = root()?;
+            if !is_bpffs_fd(&handle) {
+                return Err(BpfFsError::Outside("the mount did not show up".to_owned()));
+            }
+        }
+        Ok(handle)
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf in the mount namespace `namespace`, from a
+/// forked child (a multi-threaded process cannot change its mount
+/// namespace). The child makes only system calls on what was prepared
+/// before the fork: no allocation, no exec.
+fn mount_in(namespace: &OwnedFd) -> Result<(), BpfFsError> {
+    let outside = |error: &dyn std::fmt::Display| BpfFsError::Outside(error.to_string());
+    let (source, target) = (c"bpf", CString::new(BPFFS_ROOT).map_err(|e| outside(&e))?);
+    let ns = namespace.as_raw_fd();
+    // SAFETY: the child runs only async-signal-safe system calls (setns,
+    // mount, _exit) on memory allocated before the fork, then exits.
+    match unsafe { fork() }.map_err(|e| outside(&e))? {
+        ForkResult::Child => {
+            // SAFETY: plain system calls on valid, NUL-terminated strings
+            // and an open descriptor.
+            let code = unsafe {
+                if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                    1
+                } else if libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, std::ptr::null())
+                    != 0
+                {
+                    2
+                } else {
+                    0
+                }
+            };
+            // SAFETY: ends the child without running the parent's
+            // destructors or atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None).map_err(|e| outside(&e))? {
+            WaitStatus::Exited(_, 0) => {
+                info!(
+                    "mounted bpffs on {BPFFS_ROOT} in the mount namespace of the process this one was started from"
+                );
+                Ok(())
+            }
+            WaitStatus::Exited(_, 1) => Err(outside(&"joining its mount namespace failed")),
+            WaitStatus::Exited(_, _) => Err(outside(&format!("mount -t bpf bpf {BPFFS_ROOT} failed there"))),
+            other => Err(outside(&format!("the mounting child ended with {other:?}"))),
+        },
+    }
 }
 
 fn mount_here(dir: &Path) -> Result<(), BpfFsError> {
@@ -177,6 +264,10 @@ fn mount_here(dir: &Path) -> Result<(), BpfFsError> {
 
 fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|stat| stat.filesystem_type() == BPF_FS_MAGIC)
+}
+
+fn is_bpffs_fd(fd: &OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|stat| stat.filesystem_type() == BPF_FS_MAGIC)
 }
 
 #[cfg(test)]
