@@ -127,8 +127,13 @@ pub fn parse(data: usize, data_end: usize, frame_len: usize) -> Result<Packet, R
         ptr_at::<[u8; UDP_HDR_LEN]>(data, data_end, L4_AT)?.cast()
     };
     let (seen, l4_hdr_len) = if proto == PROTO_TCP {
-        let data_offset = unsafe { *l4.add(TCP_DATA_OFFSET) } >> 4;
-        (tcp_seen(unsafe { *l4.add(TCP_FLAGS) }), u16::from(data_offset) * 4)
+        let tcp_hdr_len = u16::from(unsafe { *l4.add(TCP_DATA_OFFSET) } >> 4) * 4;
+        // A header shorter than its fixed part or longer than the packet
+        // would make the GSO segment length (`Hook::wire_len`) a lie.
+        if (tcp_hdr_len as usize) < TCP_HDR_LEN || (Ipv4Hdr::LEN as u16) + tcp_hdr_len > ip_len {
+            return Err(Reason::PassMalformed);
+        }
+        (tcp_seen(unsafe { *l4.add(TCP_FLAGS) }), tcp_hdr_len)
     } else {
         (SEEN_PACKET, UDP_HDR_LEN as u16)
     };
