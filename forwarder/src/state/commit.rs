@@ -1,54 +1,59 @@
-//! Committing a plan: map writes in an order no packet sees half done.
+//! Committing a plan: map writes in an order no packet sees half done,
+//! and the last good table written back if one of them fails.
 
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
+use std::collections::{BTreeMap, HashSet};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use forwarder_common::{
     counters::Traffic,
-    maps::{BACKEND_BANKS, Backend, BackendKey, ServiceKey, names, wire_addr, wire_port},
+    maps::{Backend, BackendKey, ServiceKey, names, other_bank, wire_addr, wire_port},
 };
 
-use super::{ApplyError, InstalledService, ServiceTable, Summary, map_err, plan::Plan, trie_key};
+use super::{
+    ApplyError, InstalledService, ServiceTable, Summary, deleted, faults::Faults, map_err, plan::Plan,
+    trie_key,
+};
 use crate::kernel::Maps;
 
 impl ServiceTable {
     pub(super) fn commit(&mut self, plan: Plan, maps: &mut Maps) -> Result<Summary, ApplyError> {
-        let Plan { next, new_tables, service_ids, backend_ids, fresh_services, fresh_backends } = plan;
-        self.tables.install(&maps.maglev, new_tables)?;
-        for id in &fresh_services {
-            reset_traffic(&mut maps.service_traffic, names::SERVICE_TRAFFIC, *id, self.cpus)?;
+        let Plan { mut next, new_tables, service_ids, backend_ids, fresh_services, fresh_backends } = plan;
+        let cpus = self.cpus;
+        // Counters of new ids start from zero before any entry uses them.
+        let reset = |maps: &mut Maps| {
+            for id in &fresh_services {
+                reset_traffic(&mut maps.service_traffic, names::SERVICE_TRAFFIC, *id, cpus)?;
+            }
+            for id in &fresh_backends {
+                reset_traffic(&mut maps.backend_traffic, names::BACKEND_TRAFFIC, *id, cpus)?;
+            }
+            Ok(())
+        };
+        let written = self
+            .tables
+            .install(&maps.maglev, new_tables)
+            .and_then(|()| reset(maps))
+            .and_then(|()| self.write(&next, maps));
+        if let Err(error) = written {
+            return Err(self.write_back(&next, maps, error));
         }
-        for id in &fresh_backends {
-            reset_traffic(&mut maps.backend_traffic, names::BACKEND_TRAFFIC, *id, self.cpus)?;
-        }
-        let rewrite_all = self.adopted_tables.is_some();
         let mut summary = Summary::default();
         for (name, service) in &next {
-            let current = self.services.get(name);
-            if current == Some(service) && !rewrite_all {
-                continue;
-            }
-            if current.is_none_or(|c| c.bank != service.bank || rewrite_all) {
-                write_backends(maps, service)?;
-            }
-            // Allowed sources go in before the entry that starts using them.
-            for key in service.source_keys() {
-                maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
-            }
-            maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
-            if let Some(old) = current.filter(|c| c.key() != service.key()) {
-                remove_key(maps, old.key())?;
-            }
-            match current {
+            match self.services.get(name) {
                 None => summary.added.push(name.clone()),
                 Some(c) if c != service => summary.changed.push(name.clone()),
                 Some(_) => {}
             }
         }
+        // A bank switched away from is referenced by no service entry now.
+        for service in next.values_mut() {
+            if self.services.get(&service.name).is_some_and(|c| c.bank != service.bank) {
+                service.written[other_bank(service.bank) as usize] = 0;
+            }
+        }
         let removed: Vec<InstalledService> =
             self.services.values().filter(|s| !next.contains_key(&s.name)).cloned().collect();
-        for old in &removed {
-            remove_key(maps, old.key())?;
-            summary.removed.push(old.name.clone());
-        }
+        summary.removed.extend(removed.iter().map(|s| s.name.clone()));
         // Backends that left a service that stays.
         let mut freed_backends: Vec<u32> = Vec::new();
         for (name, service) in &next {
@@ -68,42 +73,138 @@ impl ServiceTable {
         self.service_ids = service_ids;
         self.backend_ids = backend_ids;
         let previous = std::mem::replace(&mut self.services, next);
-        let retiring = &mut self.retiring;
-        retiring.since = Some(std::time::Instant::now());
         let mut tables: Vec<u32> = unused_tables.into_iter().chain(adopted_tables).collect();
         tables.sort_unstable();
         tables.dedup();
-        retiring.tables.extend(tables);
-        retiring.backend_ids.extend(freed_backends);
-        for (name, service) in &self.services {
-            if let Some(old) = previous.get(name) {
-                let keys = service.source_keys();
-                retiring.source_keys.extend(old.source_keys().into_iter().filter(|k| !keys.contains(k)));
-            }
-        }
+        self.retiring.tables.extend(tables);
+        self.retiring.backend_ids.extend(freed_backends);
         for old in removed {
-            retiring.source_keys.extend(old.source_keys());
-            retiring.service_ids.push(old.id);
-            retiring.backend_ids.extend(old.backends.iter().map(|b| b.id));
-            for bank in 0..BACKEND_BANKS as u8 {
-                for index in 0..old.written[bank as usize] {
-                    retiring.backend_entries.push(BackendKey { service_id: old.id, bank, _pad: 0, index });
-                }
+            self.retiring.service_ids.push(old.id);
+            self.retiring.backend_ids.extend(old.backends.iter().map(|b| b.id));
+        }
+        self.retire_unowned(previous.values());
+        Ok(summary)
+    }
+
+    /// The plan's writes: removed services' entries first (a service can
+    /// take over the VIP:port of one removed in the same change), then per
+    /// service its backends, allowed sources, and last its entry.
+    fn write(
+        &mut self,
+        next: &BTreeMap<String, InstalledService>,
+        maps: &mut Maps,
+    ) -> Result<(), ApplyError> {
+        let faults = &mut self.faults;
+        let next_keys: HashSet<ServiceKey> = next.values().map(InstalledService::key).collect();
+        let mut present = self.services.values().filter(|s| next.contains_key(&s.name)).count();
+        for old in self.services.values().filter(|s| !next.contains_key(&s.name)) {
+            if !next_keys.contains(&old.key()) {
+                remove_key(faults, maps, old.key())?;
             }
         }
-        Ok(summary)
+        let rewrite_all = self.adopted_tables.is_some();
+        let capacity = self.capacity.max_services as usize;
+        for (name, service) in next {
+            let current = self.services.get(name);
+            if current == Some(service) && !rewrite_all {
+                continue;
+            }
+            if current.is_none_or(|c| c.bank != service.bank || rewrite_all) {
+                write_backends(faults, maps, service)?;
+            }
+            // Allowed sources go in before the entry that starts using them.
+            for key in service.source_keys() {
+                faults.before_write(names::SOURCES)?;
+                maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
+            }
+            // The old VIP:port goes after the new one is served, unless
+            // the map has no room for both; it stays if another service
+            // takes it over in this change.
+            let moved = current.map(InstalledService::key).filter(|old| *old != service.key());
+            let freed = moved.filter(|old| !next_keys.contains(old));
+            if current.is_none() {
+                present += 1;
+            }
+            if let Some(old) = freed.filter(|_| present >= capacity) {
+                remove_key(faults, maps, old)?;
+            }
+            faults.before_write(names::SERVICES)?;
+            maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
+            if let Some(old) = freed.filter(|_| present < capacity) {
+                remove_key(faults, maps, old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed write: puts the installed table back in every map
+    /// (entries, banks, sources; its Maglev tables were never touched)
+    /// and hands what the attempt wrote to retirement.
+    fn write_back(
+        &mut self,
+        attempted: &BTreeMap<String, InstalledService>,
+        maps: &mut Maps,
+        error: ApplyError,
+    ) -> ApplyError {
+        let mut unarmed = Faults::default();
+        let restored = (|| {
+            let keys: HashSet<ServiceKey> = self.services.values().map(InstalledService::key).collect();
+            for service in attempted.values().filter(|s| !keys.contains(&s.key())) {
+                remove_key(&mut unarmed, maps, service.key())?;
+            }
+            for service in self.services.values() {
+                write_backends(&mut unarmed, maps, service)?;
+                for key in service.source_keys() {
+                    maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
+                }
+                maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
+            }
+            Ok(())
+        })();
+        let unused_tables = self.tables.recount(self.services.values().map(|s| s.maglev_table));
+        self.retiring.tables.extend(unused_tables);
+        self.retire_unowned(attempted.values());
+        match restored {
+            Ok(()) => ApplyError::WrittenBack { error: Box::new(error) },
+            Err(restore) => {
+                // The maps may now be anything: the next apply writes all.
+                self.adopted_tables.get_or_insert_with(Vec::new);
+                ApplyError::NotWrittenBack { error: Box::new(error), restore: Box::new(restore) }
+            }
+        }
+    }
+
+    /// Hands the backend entries and allowed-source prefixes `services`
+    /// had that no installed service holds now to retirement.
+    fn retire_unowned<'a>(&mut self, services: impl Iterator<Item = &'a InstalledService>) {
+        let owned = self.backend_keys();
+        let wanted: HashSet<_> = self.services.values().flat_map(InstalledService::source_keys).collect();
+        let retiring = &mut self.retiring;
+        for service in services {
+            retiring.backend_entries.extend(service.backend_keys().filter(|key| !owned.contains(key)));
+            retiring
+                .source_keys
+                .extend(service.source_keys().into_iter().filter(|key| !wanted.contains(key)));
+        }
+        retiring.backend_entries.sort_unstable_by_key(|k| (k.service_id, k.bank, k.index));
+        retiring.backend_entries.dedup();
+        retiring.source_keys.sort_unstable();
+        retiring.source_keys.dedup();
+        retiring.since = Some(std::time::Instant::now());
     }
 }
 
-fn remove_key(maps: &mut Maps, key: ServiceKey) -> Result<(), ApplyError> {
-    match maps.services.remove(&key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(source) => Err(ApplyError::Map { map: names::SERVICES, source }),
-    }
+fn remove_key(faults: &mut Faults, maps: &mut Maps, key: ServiceKey) -> Result<(), ApplyError> {
+    faults.before_write(names::SERVICES)?;
+    deleted(names::SERVICES, maps.services.remove(&key))
 }
 
 /// Writes a service's backends into its current bank.
-fn write_backends(maps: &mut Maps, service: &InstalledService) -> Result<(), ApplyError> {
+fn write_backends(
+    faults: &mut Faults,
+    maps: &mut Maps,
+    service: &InstalledService,
+) -> Result<(), ApplyError> {
     for (index, backend) in service.backends.iter().enumerate() {
         let key = BackendKey { service_id: service.id, bank: service.bank, _pad: 0, index: index as u16 };
         let value = Backend {
@@ -113,6 +214,7 @@ fn write_backends(maps: &mut Maps, service: &InstalledService) -> Result<(), App
             _pad: 0,
             id: backend.id,
         };
+        faults.before_write(names::BACKENDS)?;
         maps.backends.insert(key, value, 0).map_err(map_err(names::BACKENDS))?;
     }
     Ok(())

@@ -10,17 +10,22 @@
 //! (built in fresh maps, added in one batch), a changed backend list into
 //! the service's other bank, and last the service entry, one map update
 //! that switches table, bank and mode at once. What nothing references
-//! any more (old tables, removed services' backends) is deleted a second
-//! later by [`ServiceTable::retire`]. Tracked flows carry their own
-//! translation, so no change touches an established connection.
+//! any more (old tables, a bank switched away from, removed services'
+//! backends) is deleted a second later by [`ServiceTable::retire`]. Tracked
+//! flows carry their own translation, so no change touches an established
+//! connection. Capacity is checked on the entries the maps will hold while
+//! the commit runs, not only on ids; a write that fails anyway (a map
+//! filled by someone else, the kernel out of memory) makes the commit
+//! write the last good table back over whatever it had written.
 
 mod commit;
+mod faults;
 mod ids;
 mod maglev_tables;
 mod plan;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
@@ -32,7 +37,7 @@ use forwarder_common::maps::{
 };
 use serde::{Deserialize, Serialize};
 
-use self::{ids::IdPool, maglev_tables::MaglevTables};
+use self::{faults::Faults, ids::IdPool, maglev_tables::MaglevTables};
 pub use self::{maglev_tables::new_table, plan::SnatSources};
 use crate::{
     config::{Mode, Protocol, ServiceFile},
@@ -58,8 +63,30 @@ pub enum ApplyError {
     TooManyBackends { wanted: usize, capacity: u32 },
     #[error("too many distinct Maglev tables: capacity {capacity} (raise --max-tables)")]
     TooManyTables { capacity: u32 },
-    #[error("too many source_ranges prefixes: {wanted} configured, capacity {capacity}")]
+    #[error(
+        "too many source_ranges prefixes: {wanted} in use during the change (those being replaced \
+         are deleted a second after it), capacity {capacity}"
+    )]
     TooManySourcePrefixes { wanted: usize, capacity: u32 },
+    #[error(
+        "too many backend entries: {wanted} in use during the change (a changed backend list is \
+         written beside the old one, which is deleted a second later), capacity {capacity} \
+         (raise --max-backends, or change fewer services at once)"
+    )]
+    TooManyBackendEntries { wanted: usize, capacity: u32 },
+    #[error("{error}; nothing changed: the last good table was written back")]
+    WrittenBack {
+        #[source]
+        error: Box<ApplyError>,
+    },
+    #[error(
+        "{error}; writing the last good table back failed too ({restore}): the next change \
+         rewrites every entry"
+    )]
+    NotWrittenBack { error: Box<ApplyError>, restore: Box<ApplyError> },
+    #[cfg(feature = "fault-injection")]
+    #[error("writing map {map}: injected failure")]
+    Injected { map: &'static str },
     #[error("service {service:?}: no SNAT address for backend {backend}: {reason}")]
     NoSnatAddress { service: String, backend: SocketAddrV4, reason: String },
     #[error("writing map {map}: {source}")]
@@ -78,6 +105,20 @@ pub enum ApplyError {
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ApplyError {
     move |source| ApplyError::Map { map, source }
+}
+
+/// A deletion's result, where a key already gone is no error (aya reports
+/// the kernel's ENOENT as a failed syscall, not as `KeyNotFound`).
+fn deleted(map: &'static str, result: Result<(), MapError>) -> Result<(), ApplyError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(ApplyError::Map { map, source }),
+    }
 }
 
 /// A backend as installed.
@@ -105,7 +146,8 @@ pub struct InstalledService {
     /// Maglev table's slots hold.
     pub backends: Vec<InstalledBackend>,
     /// The current bank of `BACKENDS` entries, and how many entries each
-    /// bank has had written (to delete them all at removal).
+    /// bank may hold (indices `0..written`); a bank switched away from is
+    /// handed to retirement and counts 0 here.
     pub bank: u8,
     pub written: [u16; BACKEND_BANKS as usize],
     /// Id of its (possibly shared) Maglev table in `MAGLEV`, and its length.
@@ -154,6 +196,18 @@ impl InstalledService {
     #[must_use]
     pub fn maglev_slots(&self) -> Vec<u32> {
         maglev_tables::MaglevKey::of(&self.backends).build()
+    }
+
+    /// The `BACKENDS` keys this service's banks may hold.
+    fn backend_keys(&self) -> impl Iterator<Item = BackendKey> + '_ {
+        (0..BACKEND_BANKS as u8).flat_map(move |bank| {
+            (0..self.written[bank as usize]).map(move |index| BackendKey {
+                service_id: self.id,
+                bank,
+                _pad: 0,
+                index,
+            })
+        })
     }
 
     /// Whether `other` has the same backend entries (so no new bank).
@@ -207,6 +261,8 @@ pub struct ServiceTable {
     /// table is written afresh on the next apply (the maps may be behind
     /// the record); the earlier tables are retired after it.
     adopted_tables: Option<Vec<u32>>,
+    capacity: Capacity,
+    faults: Faults,
     cpus: usize,
 }
 
@@ -255,6 +311,8 @@ impl ServiceTable {
             retiring: Retiring::default(),
             snat_override,
             adopted_tables,
+            capacity,
+            faults: Faults::default(),
             cpus: aya::util::nr_cpus().map_err(|(_, err)| ApplyError::Cpus(err))?,
         })
     }
@@ -281,11 +339,11 @@ impl ServiceTable {
         }
         let Retiring { since: _, backend_entries, source_keys, tables, service_ids, backend_ids } =
             std::mem::take(&mut self.retiring);
-        for key in backend_entries {
-            match maps.backends.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(ApplyError::Map { map: names::BACKENDS, source }),
-            }
+        // A key a service holds again (its bank switched back, or a failed
+        // commit written back) must stay.
+        let owned = self.backend_keys();
+        for key in backend_entries.into_iter().filter(|key| !owned.contains(key)) {
+            deleted(names::BACKENDS, maps.backends.remove(&key))?;
         }
         // A key the current configuration wants again (same service, same
         // prefix) was rewritten since and must stay.
@@ -294,10 +352,7 @@ impl ServiceTable {
             if wanted.contains(&key) {
                 continue;
             }
-            match maps.sources.remove(&trie_key(key)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(ApplyError::Map { map: names::SOURCES, source }),
-            }
+            deleted(names::SOURCES, maps.sources.remove(&trie_key(key)))?;
         }
         self.tables.remove(&maps.maglev, tables)?;
         service_ids.into_iter().for_each(|id| self.service_ids.give_back(id));
@@ -305,11 +360,27 @@ impl ServiceTable {
         Ok(())
     }
 
-    /// Removes service entries, allowed-source prefixes and Maglev tables
-    /// nothing accounts for (left by an earlier daemon that died before
-    /// recording them or before retiring them): a stale prefix must not
-    /// admit clients to a later service that gets the same id.
+    /// Every `BACKENDS` key the installed services' banks may hold.
+    fn backend_keys(&self) -> HashSet<BackendKey> {
+        self.services.values().flat_map(InstalledService::backend_keys).collect()
+    }
+
+    /// Removes service entries, backend entries, allowed-source prefixes
+    /// and Maglev tables nothing accounts for (left by an earlier daemon
+    /// that died before recording them or before retiring them): a stale
+    /// prefix must not admit clients to a later service that gets the same
+    /// id, and stale entries take room the next change needs.
     pub fn prune(&self, maps: &mut Maps) -> Result<(), ApplyError> {
+        let owned = self.backend_keys();
+        let stale: Vec<BackendKey> = maps
+            .backends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !owned.contains(key) && !self.retiring.backend_entries.contains(key))
+            .collect();
+        for key in stale {
+            deleted(names::BACKENDS, maps.backends.remove(&key))?;
+        }
         let wanted: Vec<SourceKey> = self.services.values().flat_map(InstalledService::source_keys).collect();
         let stale: Vec<SourceKey> = maps
             .sources
@@ -319,16 +390,13 @@ impl ServiceTable {
             .filter(|key| !wanted.contains(key))
             .collect();
         for key in stale {
-            match maps.sources.remove(&trie_key(key)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(ApplyError::Map { map: names::SOURCES, source }),
-            }
+            deleted(names::SOURCES, maps.sources.remove(&trie_key(key)))?;
         }
         let keys: Vec<ServiceKey> = self.services.values().map(InstalledService::key).collect();
         let stale: Vec<ServiceKey> =
             maps.services.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
         for key in stale {
-            maps.services.remove(&key).map_err(map_err(names::SERVICES))?;
+            deleted(names::SERVICES, maps.services.remove(&key))?;
         }
         let outer =
             aya::maps::HashOfMaps::<_, u32>::try_from(&maps.maglev).map_err(map_err(names::MAGLEV))?;

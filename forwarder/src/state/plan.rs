@@ -2,11 +2,11 @@
 //! the current table without touching a map.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
-use forwarder_common::maps::{BACKEND_BANKS, MAX_SOURCE_PREFIXES, other_bank};
+use forwarder_common::maps::{BACKEND_BANKS, MAX_SOURCE_PREFIXES, backend_entries, other_bank};
 
 use super::{
     ApplyError, InstalledBackend, InstalledService, ServiceTable, ids::IdPool, maglev_tables::MaglevKey,
@@ -83,7 +83,7 @@ impl ServiceTable {
                 capacity: MAX_SOURCE_PREFIXES,
             });
         }
-        match self.plan_services(file, sources, &mut plan) {
+        match self.plan_services(file, sources, &mut plan).and_then(|()| self.check_entries(&plan)) {
             Ok(()) => Ok(plan),
             Err(err) => {
                 self.tables.forget(std::mem::take(&mut plan.new_tables));
@@ -168,9 +168,37 @@ impl ServiceTable {
                 next.bank = if flip { other_bank(current.bank) } else { current.bank };
                 next.written = current.written;
             }
-            let count = next.backends.len() as u16;
-            next.written[next.bank as usize] = next.written[next.bank as usize].max(count);
+            // The bank in use holds exactly this list; entries past it
+            // (left from a longer list) are retired by the commit.
+            next.written[next.bank as usize] = next.backends.len() as u16;
             plan.next.insert(spec.name.clone(), next);
+        }
+        Ok(())
+    }
+
+    /// Whether the entries the maps hold while `plan` is committed fit:
+    /// what is installed, what the plan writes and what waits to be
+    /// deleted, all present at once at the commit's peak.
+    fn check_entries(&self, plan: &Plan) -> Result<(), ApplyError> {
+        let mut backends = self.backend_keys();
+        backends.extend(plan.next.values().flat_map(InstalledService::backend_keys));
+        backends.extend(self.retiring.backend_entries.iter().copied());
+        let capacity = backend_entries(self.capacity.max_backends);
+        if backends.len() > capacity as usize {
+            return Err(ApplyError::TooManyBackendEntries { wanted: backends.len(), capacity });
+        }
+        let sources: HashSet<_> = self
+            .services
+            .values()
+            .chain(plan.next.values())
+            .flat_map(InstalledService::source_keys)
+            .chain(self.retiring.source_keys.iter().copied())
+            .collect();
+        if sources.len() > MAX_SOURCE_PREFIXES as usize {
+            return Err(ApplyError::TooManySourcePrefixes {
+                wanted: sources.len(),
+                capacity: MAX_SOURCE_PREFIXES,
+            });
         }
         Ok(())
     }
