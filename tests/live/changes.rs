@@ -89,3 +89,33 @@ fn fifty_reloads_under_load_fail_no_request() {
     assert!(report.nodes_since(Instant::now() - Duration::from_secs(3600)).contains("node3"));
     forwarder.stop().unwrap();
 }
+
+/// A service file written in place more slowly than the watcher's
+/// debounce: the part written so far is a valid file with fewer services,
+/// and is never applied; the whole file is, once its writer closes it.
+#[test]
+fn a_file_written_in_place_slowly_is_applied_only_whole() {
+    let lab = lab_with_servers(3);
+    let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
+    let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let whole = service_file("snat", &[0, 1, 2], "");
+    let split = whole.find("[[service]]\nname = \"dns\"").expect("dns follows web");
+    assert!(
+        ServiceFile::parse(&path, &whole[..split]).is_ok_and(|f| f.services.len() == 1),
+        "a valid prefix"
+    );
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&whole.as_bytes()[..split]).unwrap();
+    file.sync_data().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let listed = lab.cli_ok(&["service", "list"]);
+    assert!(listed.contains("dns"), "the prefix was not applied:\n{listed}");
+    assert!(!forwarder.output().contains("reloaded"), "{}", forwarder.output());
+    file.write_all(&whole.as_bytes()[split..]).unwrap();
+    drop(file);
+    forwarder.wait_for("reloaded", 1, Duration::from_secs(10)).unwrap();
+    let listed = lab.cli_ok(&["service", "list"]);
+    assert!(listed.contains("dns") && listed.contains(&node_addr(2).to_string()), "{listed}");
+    assert_eq!(forwarder.output().matches("reloaded").count(), 1, "one reload, of the whole file");
+    forwarder.stop().unwrap();
+}

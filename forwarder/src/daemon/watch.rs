@@ -1,9 +1,18 @@
 //! Watching the service file: its directory is watched (editors replace
-//! files by renaming), and any event naming the file is passed on.
+//! files by renaming), and events that mean the file is complete are
+//! passed on: renamed into place, removed, or closed after writing. A
+//! file written in place is applied when its writer closes it, never as
+//! the part written so far, however slowly it is written (a valid prefix
+//! would remove the services after it for a moment); a file created in
+//! place is likewise empty until closed. A symlink swapped in is complete
+//! when created.
 
 use std::path::Path;
 
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use notify::{
+    EventKind, RecursiveMode, Watcher as _,
+    event::{AccessKind, AccessMode, CreateKind, ModifyKind},
+};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -15,9 +24,17 @@ pub fn watch(path: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::R
     let name = path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(event) => {
-            let relevant =
-                matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
-                    && event.paths.iter().any(|p| p.file_name() == name.as_deref());
+            let ours = event.paths.iter().find(|p| p.file_name() == name.as_deref());
+            let complete = match event.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Remove(_) => true,
+                EventKind::Create(CreateKind::File | CreateKind::Any | CreateKind::Other) => {
+                    ours.is_some_and(|p| p.symlink_metadata().is_ok_and(|m| m.is_symlink()))
+                }
+                _ => false,
+            };
+            let relevant = complete && ours.is_some();
             if relevant {
                 // A full channel already holds a pending reload.
                 let _ = changed.try_send(());
