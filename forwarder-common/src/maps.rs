@@ -339,6 +339,19 @@ impl FlowEntry {
     pub const fn peer_key(&self, proto: u8) -> FlowKey {
         FlowKey::new(self.new_dst, self.new_src, self.new_dport, self.new_sport, proto)
     }
+
+    /// Whether this entry is the other half of the connection whose entry
+    /// is keyed `key`: it translates back to `key`, swapped. Entries are
+    /// evicted one at a time, so the key a peer had may since hold another
+    /// connection's entry, which fails this.
+    #[inline(always)]
+    #[must_use]
+    pub const fn pairs_with(&self, key: &FlowKey) -> bool {
+        self.new_src == key.dst
+            && self.new_dst == key.src
+            && self.new_sport == key.dport
+            && self.new_dport == key.sport
+    }
 }
 
 /// `SETTINGS` value (single entry): switches read by the datapath.

@@ -29,14 +29,25 @@ pub fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether the connection `entry` belongs to has expired: its two entries
-/// are judged together (latest refresh, flags of both directions).
+/// Whether the connection of `entry` (keyed `key`) has expired: its two
+/// entries are judged together (latest refresh, flags of both
+/// directions); an entry without its peer is judged alone, so an orphan
+/// the node still sends on stays its connection's until it falls quiet.
 #[inline(always)]
-pub fn expired(entry: &FlowEntry, proto: u8, now: u64) -> bool {
+pub fn expired(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
     if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
         return false;
     }
-    expired_with(entry, FLOWS.get_ptr(entry.peer_key(proto)), proto, now)
+    expired_with(entry, peer_of(key, entry), key.proto, now)
+}
+
+/// The other entry of `entry`'s connection (`entry` is keyed `key`), if it
+/// is still there and still its peer.
+#[inline(always)]
+fn peer_of(key: &FlowKey, entry: &FlowEntry) -> Option<*const FlowEntry> {
+    let peer = FLOWS.get_ptr(entry.peer_key(key.proto))?;
+    // SAFETY: a map value pointer from the lookup helper.
+    unsafe { &*peer }.pairs_with(key).then_some(peer)
 }
 
 /// [`expired`], with `entry`'s peer (`None`: gone) looked up by the caller.
@@ -55,17 +66,18 @@ fn expired_with(entry: &FlowEntry, peer: Option<*const FlowEntry>, proto: u8, no
     past_timeout(now, last, timeout_ns(proto, original, reply))
 }
 
-/// Whether this packet may use `entry`, or must start a new connection:
-/// expired, a SYN re-opening a closed 5-tuple, or an original entry whose
-/// reply entry is gone (evicted, or swept): translating with it would send
-/// the node's answers to the host, which resets the connection, while a
-/// new connection puts both entries back.
+/// Whether this packet (keyed `key`) may use `entry`, or must start a new
+/// connection: expired, a SYN re-opening a closed 5-tuple, or an original
+/// entry whose reply entry is gone (evicted, or swept) or now another
+/// connection's: translating with it would send the node's answers to the
+/// host, which resets the connection, or mix this client's packets into
+/// another's, while a new connection puts both entries back.
 ///
 /// An entry refreshed within the last second is alive (every timeout is
 /// longer), so the common packet needs no second lookup: the peer is
 /// looked up once a second per direction, when the refresh is due.
 #[inline(always)]
-pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
+pub fn usable(key: &FlowKey, entry: &FlowEntry, packet_seen: u8, now: u64) -> bool {
     let original = entry.flags & FLAG_REPLY == 0;
     if original && reopens(entry.seen, packet_seen) {
         return false;
@@ -73,11 +85,11 @@ pub fn usable(entry: &FlowEntry, proto: u8, packet_seen: u8, now: u64) -> bool {
     if !refresh_due(entry, now) {
         return true;
     }
-    let peer = FLOWS.get_ptr(entry.peer_key(proto));
+    let peer = peer_of(key, entry);
     if original && peer.is_none() {
         return false;
     }
-    !expired_with(entry, peer, proto, now)
+    !expired_with(entry, peer, key.proto, now)
 }
 
 /// Whether `entry`'s `last_seen` is due for a refresh (about once a

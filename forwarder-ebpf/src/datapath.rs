@@ -80,7 +80,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     // the packet is longer than the one the route (and MTU) was checked for.
     let (entry, tracked, cached) = match conntrack::lookup(&pkt.key) {
         // SAFETY: a map value pointer from the lookup helper.
-        Some(found) if conntrack::usable(unsafe { &*found }, pkt.key.proto, pkt.seen, now) => {
+        Some(found) if conntrack::usable(&pkt.key, unsafe { &*found }, pkt.seen, now) => {
             // SAFETY: as above; copied so later map updates cannot alias it.
             let entry = unsafe { *found };
             let cached =

@@ -38,7 +38,7 @@ pub fn create(
         for attempt in 0..SNAT_PORT_TRIES {
             let port = snat_port(hash, attempt);
             let to = FlowKey::new(backend.snat_addr, backend.addr, wire_port(port), backend.port, proto);
-            if claim(&to.reversed(), &reply_of(&to), proto, now)? {
+            if claim(&to.reversed(), &reply_of(&to), now)? {
                 claimed = Some(to);
                 break;
             }
@@ -46,7 +46,7 @@ pub fn create(
         (claimed.ok_or(Reason::DropSnatExhausted)?, FLAG_SNAT)
     } else {
         let to = FlowKey::new(original.src, backend.addr, original.sport, backend.port, proto);
-        if !claim(&to.reversed(), &reply_of(&to), proto, now)? {
+        if !claim(&to.reversed(), &reply_of(&to), now)? {
             return Err(Reason::DropReplyCollision);
         }
         (to, 0)
@@ -63,15 +63,16 @@ pub fn create(
 
 /// Inserts a reply entry unless its key belongs to another live connection.
 ///
-/// A key already taken is free again when its connection expired, when it
-/// translates to the same client and VIP (an earlier incarnation of this
-/// very connection), or when it is an orphan: the connection's original
-/// entry was evicted from the full table, so its next packet starts a new
-/// connection anyway (without this, one-way floods leave orphans pinning
-/// every port). Deleting and re-inserting with `BPF_NOEXIST` keeps two
-/// CPUs from claiming the same key at once.
+/// A key already taken is free again when its connection expired, or when
+/// it translates to the same client and VIP (an earlier incarnation of
+/// this very connection). An orphan (its original entry evicted from the
+/// full table, or its key since another connection's) is judged alone: it
+/// is free once quiet for its own timeout, never while the node still
+/// sends on it, or a server-push stream would reach the new client.
+/// Deleting and re-inserting with `BPF_NOEXIST` keeps two CPUs from
+/// claiming the same key at once.
 #[inline(always)]
-fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, Reason> {
+fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
     match FLOWS.insert(key, reply, u64::from(BPF_NOEXIST)) {
         Ok(()) => return Ok(true),
         Err(err) if err == -EEXIST => {}
@@ -85,8 +86,7 @@ fn claim(key: &FlowKey, reply: &FlowEntry, proto: u8, now: u64) -> Result<bool, 
                 && existing.new_dst == reply.new_dst
                 && existing.new_sport == reply.new_sport
                 && existing.new_dport == reply.new_dport;
-            let orphan = FLOWS.get_ptr(existing.peer_key(proto)).is_none();
-            same_connection || orphan || conntrack::expired(existing, proto, now)
+            same_connection || conntrack::expired(key, existing, now)
         },
         None => true,
     };

@@ -76,7 +76,9 @@ pub fn scan(flows: &FlowMap) -> Vec<Conn> {
     let mut conns = Vec::new();
     for key in keys {
         let Ok(entry) = flows.get(&key, 0) else { continue }; // gone meanwhile
-        let peer = flows.get(&entry.peer_key(key.proto), 0).ok();
+        // A peer key that holds another connection's entry (ours was
+        // evicted and the key claimed since) is no peer.
+        let peer = flows.get(&entry.peer_key(key.proto), 0).ok().filter(|peer| peer.pairs_with(&key));
         if entry.flags & FLAG_REPLY == 0 {
             conns.push(Conn { key, original: entry, reply: peer, orphan: false });
         } else if peer.is_none() {
