@@ -28,11 +28,12 @@ pub mod names {
     pub const EGRESS: &str = "EGRESS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const SOURCES: &str = "SOURCES";
+    pub const SECRET: &str = "SECRET";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
-    /// added later (SOURCES) is created and pinned by the first daemon
-    /// that knows it, so adding one needs no layout version.
-    pub const PINNED: [&str; 10] = [
+    /// added later (SOURCES, SECRET) is created and pinned by the first
+    /// daemon that knows it, so adding one needs no layout version.
+    pub const PINNED: [&str; 11] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -43,6 +44,7 @@ pub mod names {
         EGRESS,
         SETTINGS,
         SOURCES,
+        SECRET,
     ];
 }
 

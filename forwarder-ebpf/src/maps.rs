@@ -64,6 +64,11 @@ pub static EGRESS: DevMapHash<MAX_INTERFACES> = DevMapHash::new();
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
+/// The host's secret in the hash that picks SNAT ports (0 until the
+/// daemon has written one; see `forwarder_common::snat`).
+#[btf_map]
+pub static SECRET: Array<u64, 1> = Array::new();
+
 /// (service id, client prefix) -> 1: who may open connections to services
 /// with `SERVICE_SOURCES_LIMITED` (see `maps::source_key_data`).
 #[btf_map]

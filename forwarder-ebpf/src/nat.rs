@@ -10,7 +10,11 @@ use forwarder_common::{
     snat::{SNAT_PORT_TRIES, snat_port},
 };
 
-use crate::{conntrack, maps::FLOWS, parse::Packet};
+use crate::{
+    conntrack,
+    maps::{FLOWS, SECRET},
+    parse::Packet,
+};
 
 /// `EEXIST` (no errno constants in the BPF target's libraries).
 const EEXIST: i32 = 17;
@@ -35,8 +39,9 @@ pub fn create(
 
     let (to, flags) = if service.mode == NatMode::Snat as u8 {
         let mut claimed = None;
+        let secret = SECRET.get(0).copied().unwrap_or(0);
         for attempt in 0..SNAT_PORT_TRIES {
-            let port = snat_port(hash, attempt);
+            let port = snat_port(secret, hash, attempt);
             let to = FlowKey::new(backend.snat_addr, backend.addr, wire_port(port), backend.port, proto);
             if claim(&to.reversed(), &reply_of(&to), now)? {
                 claimed = Some(to);

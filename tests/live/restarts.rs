@@ -10,15 +10,26 @@ fn prog_id(lab: &Lab, iface: &str) -> Option<u32> {
     })
 }
 
+/// The SNAT port secret in the lab's pinned state.
+fn pinned_secret(lab: &Lab) -> u64 {
+    let path = lab.pin_dir().join(format!("v{}/maps/SECRET", forwarder_common::maps::LAYOUT_VERSION));
+    let map = aya::maps::MapData::from_pin(&path).expect("pinned SECRET map");
+    let secret = aya::maps::Array::<_, u64>::try_from(aya::maps::Map::Array(map)).expect("an array");
+    secret.get(&0, 0).expect("its entry")
+}
+
 /// Open connections keep exchanging data across a SIGKILL of the daemon
 /// and a restart, and across a hand-over (SIGUSR2) and a restart; each
 /// restart swaps a new program in (an upgrade) without a gap: a client
-/// requesting all along sees no failure.
+/// requesting all along sees no failure. The random SNAT port secret is
+/// the pinned one throughout.
 #[test]
 fn connections_survive_kill_and_handover_restarts() {
     let lab = lab_with_servers(2);
     let path = lab.write_services(&service_file("snat", &[0, 1], "")).unwrap();
     let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let secret = pinned_secret(&lab);
+    assert_ne!(secret, 0, "a secret is drawn at the first start");
     let mut kept = open_connections(&lab, 8);
     let before = nodes_of(&mut kept);
     let load = Load::start(&lab.client, WEB, PAUSE);
@@ -38,6 +49,7 @@ fn connections_survive_kill_and_handover_restarts() {
         assert!(forwarder.output().contains("adopted=true"), "{}", forwarder.output());
         let upgraded = prog_id(&lab, LAN_IFACE).expect("still attached");
         assert_ne!(upgraded, program, "the new daemon's program runs");
+        assert_eq!(pinned_secret(&lab), secret, "the adopted secret is kept");
         assert_eq!(nodes_of(&mut kept), before, "open connections keep their node after the restart");
     }
     let report = load.stop();

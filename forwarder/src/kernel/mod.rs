@@ -114,6 +114,8 @@ pub enum KernelError {
     },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
+    #[error("drawing the SNAT port secret: {0}")]
+    Secret(std::io::Error),
     #[error(transparent)]
     Pins(#[from] PinError),
     #[error("pinning the {kind} link of {iface}: {message}")]
@@ -134,6 +136,8 @@ pub struct Maps {
     pub settings: Array<MapData, Settings>,
     /// Allowed client prefixes of services with `source_ranges`.
     pub sources: LpmTrie<MapData, [u8; 8], u8>,
+    /// The host's SNAT port secret (see `forwarder_common::snat`).
+    pub secret: Array<MapData, u64>,
 }
 
 /// The loaded datapath. Dropping it detaches every program whose link is
@@ -226,8 +230,38 @@ impl Kernel {
             egress: take(&mut ebpf, names::EGRESS)?,
             settings: take(&mut ebpf, names::SETTINGS)?,
             sources: take(&mut ebpf, names::SOURCES)?,
+            secret: take(&mut ebpf, names::SECRET)?,
         };
-        Ok(Self { ebpf, object, maps, pins, adopted, links: Vec::new() })
+        let mut kernel = Self { ebpf, object, maps, pins, adopted, links: Vec::new() };
+        kernel.keep_or_make_secret()?;
+        Ok(kernel)
+    }
+
+    /// The SNAT port secret: the pinned one when adopted, else a new
+    /// random one, written before any program is attached.
+    fn keep_or_make_secret(&mut self) -> Result<(), KernelError> {
+        let map_error = |source| KernelError::Map { name: names::SECRET, source };
+        if self.maps.secret.get(&0, 0).map_err(map_error)? != 0 {
+            return Ok(());
+        }
+        let mut secret = 0u64;
+        while secret == 0 {
+            let mut bytes = [0u8; 8];
+            // SAFETY: fills the 8 bytes of a local buffer; a short read
+            // (never, for 8 bytes) leaves zeros and is retried.
+            let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+            if filled == bytes.len() as isize {
+                secret = u64::from_ne_bytes(bytes);
+            } else if filled < 0 {
+                return Err(KernelError::Secret(std::io::Error::last_os_error()));
+            }
+        }
+        self.maps.secret.set(0, secret, 0).map_err(map_error)
+    }
+
+    /// The SNAT port secret in use.
+    pub fn snat_secret(&self) -> Result<u64, KernelError> {
+        self.maps.secret.get(&0, 0).map_err(|source| KernelError::Map { name: names::SECRET, source })
     }
 
     /// The whole object, for the benchmark's extra maps and programs.
