@@ -52,3 +52,52 @@ fn health_checks_take_a_dead_node_out_and_bring_it_back() {
     assert!(stats.services[0].backends.iter().all(|b| b.health == Health::Up));
     forwarder.stop().unwrap();
 }
+
+/// A thousand services on the same two nodes, checked alike: one probe
+/// per node serves them all, so a node dying is one transition and one
+/// change, and every service is off it within the check's detection time
+/// plus about a second (the figure is printed; the bound asserted is loose).
+#[test]
+fn a_dead_node_leaves_a_thousand_checked_services_at_once() {
+    const SERVICES: u16 = 1000;
+    let mut lab = lab_with_servers(2);
+    let backends = format!("[\"{}:30080\", \"{}:30080\"]", node_addr(0), node_addr(1));
+    let health = "health = { kind = \"tcp\", interval = \"500ms\", timeout = \"200ms\", rise = 1, fall = 1 }";
+    let file: String = (0..SERVICES)
+        .map(|i| {
+            format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"{VIP}\"\nport = {}\nprotocol = \"tcp\"\nbackends = {backends}\n{health}\n\n",
+                10_000 + i
+            )
+        })
+        .collect();
+    let path = lab.write_services(&file).unwrap();
+    let mut forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    let off_node2 = |lab: &Lab| {
+        list(lab)
+            .iter()
+            .filter(|s| !s.backends.iter().any(|b| b.addr.ip() == &node_addr(1) && b.in_rotation))
+            .count()
+    };
+    assert_eq!(off_node2(&lab), 0, "all start in rotation");
+
+    lab.stop_server(1).unwrap();
+    let stopped = Instant::now();
+    while off_node2(&lab) < usize::from(SERVICES) {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "{} services off node2", off_node2(&lab));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = stopped.elapsed();
+    eprintln!("health: {SERVICES} services off a dead node {took:?} after it died (interval 500 ms, fall 1)");
+    forwarder.wait_for("backend unhealthy: out of rotation", 1, Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        forwarder.output().matches("backend unhealthy").count(),
+        1,
+        "one probe per node, not per service"
+    );
+    let last = SocketAddrV4::new(VIP, 10_000 + SERVICES - 1);
+    for _ in 0..5 {
+        assert_eq!(lab.client.enter(|| http_get(last)).unwrap().node, "node1", "only node1 serves");
+    }
+    forwarder.stop().unwrap();
+}

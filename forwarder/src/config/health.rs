@@ -23,7 +23,7 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HealthSpec {
     pub kind: HealthKind,
     /// Port checked instead of the backend's own.
@@ -36,7 +36,7 @@ pub struct HealthSpec {
     pub fall: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum HealthKind {
     /// A TCP connection is accepted.

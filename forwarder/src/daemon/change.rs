@@ -52,20 +52,32 @@ impl Daemon {
         Ok(summary)
     }
 
-    /// Re-applies the current configuration after a health change.
-    pub(super) async fn on_health(&mut self, transition: Transition) {
-        if !self.checks.record(&transition) {
+    /// Re-applies the current configuration after health changes: every
+    /// transition queued is recorded first, then one apply (and one write
+    /// of the record) covers them all, so a node dying under a thousand
+    /// checked services costs one change, not a thousand.
+    pub(super) async fn on_health(&mut self, transitions: Vec<Transition>) {
+        let mut changed = 0;
+        for transition in &transitions {
+            if !self.checks.record(transition) {
+                continue;
+            }
+            changed += 1;
+            let Transition { probe, up, detail, .. } = transition;
+            let (target, backends) = (probe.target, self.checks.users_of(probe));
+            if *up {
+                info!(%target, backends, "backend healthy: back in rotation");
+            } else {
+                warn!(%target, backends, %detail, "backend unhealthy: out of rotation");
+            }
+        }
+        if changed == 0 {
             return;
         }
-        let Transition { service, backend, up, detail } = transition;
-        if up {
-            info!(%service, %backend, "backend healthy: back in rotation");
-        } else {
-            warn!(%service, %backend, %detail, "backend unhealthy: out of rotation");
-        }
         let desired = self.desired.clone();
-        if let Err(err) = self.apply(desired).await {
-            warn!("applying a health change: {err}");
+        match self.apply(desired).await {
+            Ok(summary) => debug!(transitions = changed, changed = summary.changed.len(), "health applied"),
+            Err(err) => warn!("applying a health change: {err}"),
         }
     }
 

@@ -1,9 +1,15 @@
 //! Active health checks of backends, and what they change.
 //!
-//! One task per checked backend probes it every `interval` (TCP connect,
-//! or HTTP `GET path` answering 2xx/3xx, within `timeout`). A backend
-//! starts up; `fall` consecutive failures take it down, `rise` consecutive
-//! passes bring it back. Only transitions are reported (and logged).
+//! One probe task per distinct check: a target (the backend's address, or
+//! its `port` override) and a spec. Services whose backends share both (the
+//! usual case: every NodePort service on the same nodes, checked alike)
+//! share one probe, so a dead node is found once, not once per service.
+//! It probes every `interval` (TCP connect, or HTTP `GET path` answering
+//! 2xx/3xx, within `timeout`); a target starts up; `fall` consecutive
+//! failures take it down, `rise` consecutive passes bring it back. Only
+//! transitions are reported, each with its probe's generation: a probe
+//! replaced (stopped, its spec changed, started again) gets a new one, so
+//! a transition its old task had queued is never applied to it.
 //!
 //! A down backend gets no new connections (its open ones continue). When
 //! every backend of a service that should take traffic is down, the
@@ -24,74 +30,109 @@ use crate::{
     report::Health,
 };
 
-/// A backend's health changed.
+/// What one probe checks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Probe {
+    pub target: SocketAddrV4,
+    pub spec: HealthSpec,
+}
+
+/// A probe's target changed health.
 #[derive(Debug)]
 pub struct Transition {
-    pub service: String,
-    pub backend: SocketAddrV4,
+    pub probe: Probe,
+    /// The generation of the probe task that saw it.
+    generation: u64,
     pub up: bool,
     /// Why the last probe failed, or "ok".
     pub detail: String,
 }
 
+/// (service, backend address).
 type Key = (String, SocketAddrV4);
 
-/// The checks running and what they found.
+struct Running {
+    generation: u64,
+    task: JoinHandle<()>,
+    down: bool,
+}
+
+/// The probes running, who uses them, and what they found.
 pub struct Checks {
-    tasks: HashMap<Key, (HealthSpec, JoinHandle<()>)>,
-    down: HashSet<Key>,
+    probes: HashMap<Probe, Running>,
+    users: HashMap<Key, Probe>,
+    generations: u64,
     events: mpsc::Sender<Transition>,
 }
 
 impl Checks {
     #[must_use]
     pub fn new(events: mpsc::Sender<Transition>) -> Self {
-        Self { tasks: HashMap::new(), down: HashSet::new(), events }
+        Self { probes: HashMap::new(), users: HashMap::new(), generations: 0, events }
     }
 
-    /// Runs exactly the checks `desired` asks for: new ones start (up),
-    /// removed or changed ones stop.
+    /// Runs exactly the probes `desired` asks for: new ones start (up),
+    /// ones no backend uses any more stop; a probe still used keeps its
+    /// state.
     pub fn reconcile(&mut self, desired: &ServiceFile) {
-        let mut wanted: HashMap<Key, HealthSpec> = HashMap::new();
+        let mut users: HashMap<Key, Probe> = HashMap::new();
         for service in &desired.services {
             if let Some(spec) = &service.health {
                 for backend in &service.backends {
-                    wanted.insert((service.name.clone(), backend.addr), spec.clone());
+                    let target =
+                        SocketAddrV4::new(*backend.addr.ip(), spec.port.unwrap_or(backend.addr.port()));
+                    users.insert((service.name.clone(), backend.addr), Probe { target, spec: spec.clone() });
                 }
             }
         }
-        self.tasks.retain(|key, (spec, task)| {
-            let keep = wanted.get(key) == Some(spec);
-            if !keep {
-                task.abort();
+        let used: HashSet<&Probe> = users.values().collect();
+        self.probes.retain(|probe, running| {
+            let used = used.contains(probe);
+            if !used {
+                running.task.abort();
             }
-            keep
+            used
         });
-        self.down.retain(|key| self.tasks.contains_key(key));
-        for (key, spec) in wanted {
-            if !self.tasks.contains_key(&key) {
-                let task = tokio::spawn(check_loop(key.clone(), spec.clone(), self.events.clone()));
-                self.tasks.insert(key, (spec, task));
+        for probe in users.values() {
+            if !self.probes.contains_key(probe) {
+                self.generations += 1;
+                let generation = self.generations;
+                let task = tokio::spawn(check_loop(probe.clone(), generation, self.events.clone()));
+                self.probes.insert(probe.clone(), Running { generation, task, down: false });
             }
+        }
+        self.users = users;
+    }
+
+    /// Records a transition; false if it is stale (from a probe task since
+    /// replaced or stopped) or changes nothing.
+    pub fn record(&mut self, transition: &Transition) -> bool {
+        match self.probes.get_mut(&transition.probe) {
+            Some(running) if running.generation == transition.generation && running.down == transition.up => {
+                running.down = !transition.up;
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Records a transition; false if it is stale (the check was replaced).
-    pub fn record(&mut self, transition: &Transition) -> bool {
-        let key = (transition.service.clone(), transition.backend);
-        if !self.tasks.contains_key(&key) {
-            return false;
-        }
-        if transition.up { self.down.remove(&key) } else { self.down.insert(key) }
+    /// How many backends of services use `probe`.
+    #[must_use]
+    pub fn users_of(&self, probe: &Probe) -> usize {
+        self.users.values().filter(|p| *p == probe).count()
+    }
+
+    fn is_down(&self, service: &str, backend: SocketAddrV4) -> Option<bool> {
+        let probe = self.users.get(&(service.to_owned(), backend))?;
+        self.probes.get(probe).map(|running| running.down)
     }
 
     #[must_use]
     pub fn health(&self, service: &str, backend: SocketAddrV4) -> Health {
-        let key = (service.to_owned(), backend);
-        match (self.tasks.contains_key(&key), self.down.contains(&key)) {
-            (false, _) => Health::Unchecked,
-            (true, false) => Health::Up,
-            (true, true) => Health::Down,
+        match self.is_down(service, backend) {
+            None => Health::Unchecked,
+            Some(false) => Health::Up,
+            Some(true) => Health::Down,
         }
     }
 
@@ -102,12 +143,12 @@ impl Checks {
     pub fn effective(&self, desired: &ServiceFile) -> ServiceFile {
         let mut effective = desired.clone();
         for service in &mut effective.services {
-            let is_down = |addr| self.down.contains(&(service.name.clone(), addr));
-            let any_up = service.backends.iter().any(|b| b.weight > 0 && !is_down(b.addr));
+            let down: Vec<bool> =
+                service.backends.iter().map(|b| self.is_down(&service.name, b.addr) == Some(true)).collect();
+            let any_up = service.backends.iter().zip(&down).any(|(b, down)| b.weight > 0 && !down);
             if !any_up {
                 continue;
             }
-            let down: Vec<bool> = service.backends.iter().map(|b| is_down(b.addr)).collect();
             for (backend, down) in service.backends.iter_mut().zip(down) {
                 if down {
                     backend.weight = 0;
@@ -118,21 +159,21 @@ impl Checks {
     }
 
     pub fn stop(&mut self) {
-        for (_, (_, task)) in self.tasks.drain() {
-            task.abort();
+        for (_, running) in self.probes.drain() {
+            running.task.abort();
         }
+        self.users.clear();
     }
 }
 
-async fn check_loop(key: Key, spec: HealthSpec, events: mpsc::Sender<Transition>) {
-    let (service, backend) = key;
-    let target = SocketAddrV4::new(*backend.ip(), spec.port.unwrap_or(backend.port()));
+async fn check_loop(probe: Probe, generation: u64, events: mpsc::Sender<Transition>) {
+    let Probe { target, spec } = &probe;
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut up, mut streak) = (true, 0);
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(spec.timeout, probe(target, &spec.kind)).await {
+        let result = match tokio::time::timeout(spec.timeout, probe_once(*target, &spec.kind)).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {}", humantime::format_duration(spec.timeout))),
         };
@@ -147,7 +188,7 @@ async fn check_loop(key: Key, spec: HealthSpec, events: mpsc::Sender<Transition>
         up = !up;
         streak = 0;
         let detail = result.err().unwrap_or_else(|| "ok".to_owned());
-        let transition = Transition { service: service.clone(), backend, up, detail };
+        let transition = Transition { probe: probe.clone(), generation, up, detail };
         if events.send(transition).await.is_err() {
             return;
         }
@@ -155,7 +196,7 @@ async fn check_loop(key: Key, spec: HealthSpec, events: mpsc::Sender<Transition>
 }
 
 /// One probe: Ok, or why it failed.
-async fn probe(target: SocketAddrV4, kind: &HealthKind) -> Result<(), String> {
+async fn probe_once(target: SocketAddrV4, kind: &HealthKind) -> Result<(), String> {
     let mut stream = TcpStream::connect(target).await.map_err(|e| format!("connect {target}: {e}"))?;
     let HealthKind::Http { path } = kind else { return Ok(()) };
     let request = format!(
@@ -213,11 +254,31 @@ mod tests {
         }
     }
 
+    fn spec() -> HealthSpec {
+        HealthSpec {
+            kind: HealthKind::Tcp,
+            port: None,
+            interval: std::time::Duration::from_secs(3600),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
     fn checks_with_down(desired: &ServiceFile, down: &[usize]) -> Checks {
         let (tx, _rx) = mpsc::channel(1);
         let mut checks = Checks::new(tx);
-        for &i in down {
-            checks.down.insert(("web".to_owned(), desired.services[0].backends[i].addr));
+        let spec = spec();
+        for (i, backend) in desired.services[0].backends.iter().enumerate() {
+            let probe = Probe { target: backend.addr, spec: spec.clone() };
+            // A task that never runs: the runtime is gone with this scope.
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let task = {
+                let _entered = runtime.enter();
+                tokio::spawn(async {})
+            };
+            checks.probes.insert(probe.clone(), Running { generation: 1, task, down: down.contains(&i) });
+            checks.users.insert(("web".to_owned(), backend.addr), probe);
         }
         checks
     }
@@ -244,5 +305,44 @@ mod tests {
         // Only the draining backend is "up": nothing meant to take traffic
         // is, so the service fails open and keeps backend 0.
         assert_eq!(weights(&checks_with_down(&desired, &[0]).effective(&desired)), [1, 0]);
+    }
+
+    /// Two services on the same two backends, checked alike: one probe per
+    /// backend serves both; a transition queued by a probe that was
+    /// stopped and started again is stale.
+    #[test]
+    fn services_checked_alike_share_probes_and_stale_transitions_are_ignored() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (tx, _rx) = mpsc::channel(8);
+            let mut checks = Checks::new(tx);
+            let mut both = file(&[1, 1]);
+            let mut api = both.services[0].clone();
+            api.name = "api".to_owned();
+            api.port = 81;
+            both.services.push(api);
+            both.services.iter_mut().for_each(|s| s.health = Some(spec()));
+            let addr = both.services[0].backends[0].addr;
+            checks.reconcile(&both);
+            assert_eq!(checks.probes.len(), 2, "one probe per backend, not per service");
+            let probe = checks.users[&("web".to_owned(), addr)].clone();
+            assert_eq!(checks.users_of(&probe), 2);
+            let generation = checks.probes[&probe].generation;
+            let down = || Transition { probe: probe.clone(), generation, up: false, detail: "x".to_owned() };
+            assert!(checks.record(&down()));
+            assert!(!checks.record(&down()), "no change the second time");
+            assert_eq!(
+                (checks.health("web", addr), checks.health("api", addr)),
+                (Health::Down, Health::Down)
+            );
+
+            let unchecked = file(&[1, 1]);
+            checks.reconcile(&unchecked);
+            assert!(checks.probes.is_empty());
+            checks.reconcile(&both);
+            assert_eq!(checks.health("web", addr), Health::Up, "a restarted probe starts up");
+            assert!(!checks.record(&down()), "the old probe's queued transition is stale");
+            assert_eq!(checks.health("web", addr), Health::Up);
+        });
     }
 }

@@ -215,7 +215,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 daemon.reload("file change").await;
             }
             Some((request, reply)) = requests.recv() => daemon.handle(request, reply).await,
-            Some(transition) = transitions.recv() => daemon.on_health(transition).await,
+            Some(transition) = transitions.recv() => {
+                let mut batch = vec![transition];
+                while let Ok(more) = transitions.try_recv() {
+                    batch.push(more);
+                }
+                daemon.on_health(batch).await;
+            }
             _ = neighbour_refresh.tick() => daemon.prefetch().await,
             _ = sampling.tick() => daemon.tick(),
         }
