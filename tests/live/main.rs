@@ -5,12 +5,13 @@
 //! `changes` (CLI changes and reloads under load), `health` (checks taking
 //! nodes out and back), `restarts` (kill, hand-over, failed restarts,
 //! `down`), `input` (bad input refused), `observe` (stats, flows, metrics,
-//! VIP announcement).
+//! VIP announcement), `privileges` (what the daemon runs without).
 
 mod changes;
 mod health;
 mod input;
 mod observe;
+mod privileges;
 mod restarts;
 
 use std::{

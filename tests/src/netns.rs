@@ -148,6 +148,12 @@ impl Process {
         Ok(Self { name: name.to_owned(), child, output })
     }
 
+    /// The process id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the process printed so far.
     #[must_use]
     pub fn output(&self) -> String {
