@@ -270,3 +270,25 @@ fn unserved_vip_traffic_is_answered_not_routed_back() {
     forwarder.stop().unwrap();
     assert!(!unreachable().contains(&VIP.to_string()), "route removed on stop: {}", unreachable());
 }
+
+/// The forwarder forwards only what it translates: a client cannot use it
+/// as a router to a node's own address (dropped before the kernel routes
+/// it, counted as drop_not_translated) while the VIP serves; with
+/// `--route-other` the kernel routes it as any router would.
+#[test]
+fn clients_cannot_route_through_the_forwarder_unless_allowed() {
+    let lab = lab_with_servers(1);
+    let path = lab.write_services(&services("snat", &[0])).unwrap();
+    let direct = SocketAddrV4::new(forwarder_tests::lab::node_addr(0), 30080);
+    let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+    assert!(lab.client.enter(|| http_get(direct)).is_err(), "no route through the forwarder");
+    assert_eq!(lab.client.enter(|| http_get(WEB)).unwrap().node, "node1", "the VIP serves");
+    let stats: forwarder::report::Stats = serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
+    let dropped = stats.reasons.iter().find(|r| r.reason == "drop_not_translated").map_or(0, |r| r.packets);
+    assert!(dropped > 0, "counted: {:?}", stats.reasons);
+    forwarder.stop().unwrap();
+
+    let forwarder = lab.start_forwarder(&path, &["--route-other"]).unwrap();
+    assert_eq!(lab.client.enter(|| http_get(direct)).unwrap().node, "node1", "routed when allowed");
+    forwarder.stop().unwrap();
+}

@@ -60,10 +60,15 @@ pub enum Reason {
     /// A new connection from a client outside the service's
     /// `source_ranges`: dropped.
     DropSourceNotAllowed,
+    /// Not translated, and the kernel would have routed it out again
+    /// (to another host, not to this one): dropped, so the forwarder is no
+    /// open router and untranslated VIP traffic cannot loop; `--route-other`
+    /// lets the kernel route it.
+    DropNotTranslated,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::DropSourceNotAllowed as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::DropNotTranslated as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -87,6 +92,7 @@ impl Reason {
         Reason::DropFlowTableFull,
         Reason::DropRedirectFailed,
         Reason::DropSourceNotAllowed,
+        Reason::DropNotTranslated,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -102,6 +108,7 @@ impl Reason {
                 | Reason::DropFlowTableFull
                 | Reason::DropRedirectFailed
                 | Reason::DropSourceNotAllowed
+                | Reason::DropNotTranslated
         )
     }
 
@@ -128,6 +135,7 @@ impl Reason {
             Reason::DropFlowTableFull => "drop_flow_table_full",
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::DropSourceNotAllowed => "drop_source_not_allowed",
+            Reason::DropNotTranslated => "drop_not_translated",
         }
     }
 }

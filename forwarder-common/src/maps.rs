@@ -360,10 +360,17 @@ impl FlowEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Non-zero: the TC program translates every packet itself (interfaces
-    /// without XDP), not only those XDP hands over.
-    pub tc_translates_all: u32,
+    /// `SETTING_*` bits.
+    pub flags: u32,
 }
+
+/// The TC program beside XDP translates every packet itself, not only
+/// those XDP hands over (for tests of the TC path).
+pub const SETTING_TC_TRANSLATES_ALL: u32 = 1 << 0;
+/// Packets the datapath does not translate may be routed by the kernel
+/// to another interface (`--route-other`); without it they are dropped
+/// (`drop_not_translated`): the forwarder forwards only what it translates.
+pub const SETTING_ROUTE_OTHER: u32 = 1 << 1;
 
 // The layouts have no implicit padding (every byte is a named field), so
 // the kernel and user space agree byte for byte; checked when building,

@@ -18,16 +18,21 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_redir_neigh},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, bpf_redir_neigh,
+    },
     helpers::{
-        bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_skb_pull_data,
+        bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_pull_data,
     },
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use forwarder_common::{
+    counters::Reason,
     csum,
-    maps::{FlowEntry, META_NEEDS_NEIGH},
+    maps::{FlowEntry, META_NEEDS_NEIGH, SETTING_ROUTE_OTHER, SETTING_TC_TRANSLATES_ALL},
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -37,6 +42,7 @@ use crate::{
     maps::SETTINGS,
     nat,
     parse::{IP_CHECK_AT, Packet},
+    stats,
 };
 
 /// Ethernet + IPv4 without options + TCP without options.
@@ -123,12 +129,12 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, entry: &FlowEntry) -> bool {
 }
 
 /// The TC program beside XDP: packets XDP handed over (or all of them,
-/// see `Settings::tc_translates_all`, for tests), then the verdict as a TC
+/// see `SETTING_TC_TRANSLATES_ALL`, for tests), then the verdict as a TC
 /// action.
 #[inline(always)]
 pub fn run_handed_over(ctx: &TcContext) -> i32 {
-    if !handed_over_by_xdp(ctx) && !translates_all() {
-        return TC_ACT_OK;
+    if !handed_over_by_xdp(ctx) && !setting(SETTING_TC_TRANSLATES_ALL) {
+        return to_kernel(ctx);
     }
     run_all(ctx)
 }
@@ -142,7 +148,7 @@ pub fn run_all(ctx: &TcContext) -> i32 {
         let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, HEADERS_LEN) };
     }
     match datapath::process(&TcHook(ctx)) {
-        Verdict::Pass | Verdict::HandToNeighHook => TC_ACT_OK,
+        Verdict::Pass | Verdict::HandToNeighHook => to_kernel(ctx),
         Verdict::Drop => TC_ACT_SHOT,
         // SAFETY (all three): helpers taking plain integers or a valid,
         // correctly sized `bpf_redir_neigh`.
@@ -176,6 +182,58 @@ fn handed_over_by_xdp(ctx: &TcContext) -> bool {
 }
 
 #[inline(always)]
-fn translates_all() -> bool {
-    SETTINGS.get(0).is_some_and(|settings| settings.tc_translates_all != 0)
+fn setting(flag: u32) -> bool {
+    SETTINGS.get(0).is_some_and(|settings| settings.flags & flag != 0)
+}
+
+/// A packet the datapath did not translate, on its way into the kernel:
+/// dropped if the kernel would route it out again, unless the operator
+/// allowed that (`SETTING_ROUTE_OTHER`). Packets for this host, and any
+/// the kernel answers itself (unreachable routes, disabled forwarding),
+/// go on. This is where an untranslated packet to a VIP would otherwise
+/// bounce between the forwarder and its router, and where clients would
+/// use the forwarder as a router to the nodes.
+#[inline(always)]
+fn to_kernel(ctx: &TcContext) -> i32 {
+    if setting(SETTING_ROUTE_OTHER) || !routed_elsewhere(ctx, ipv4_addrs(ctx)) {
+        return TC_ACT_OK;
+    }
+    stats::reason(Reason::DropNotTranslated);
+    TC_ACT_SHOT
+}
+
+/// Whether the kernel would route an IPv4 packet `addrs` (source,
+/// destination, wire order) arriving with `ctx` out to another host.
+#[inline(always)]
+fn routed_elsewhere(ctx: &TcContext, addrs: Option<(u32, u32)>) -> bool {
+    let Some((src, dst)) = addrs else { return false };
+    // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ingress(ctx);
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size given.
+    let rc = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    matches!(rc as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED)
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the program's own `__sk_buff`.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The IPv4 (source, destination) of an Ethernet frame, if it is IPv4.
+#[inline(always)]
+fn ipv4_addrs(ctx: &TcContext) -> Option<(u32, u32)> {
+    const ETHERTYPE_AT: usize = 12;
+    const SRC_AT: usize = 14 + 12;
+    const ETH_P_IP: u16 = 0x0800;
+    let ethertype: u16 = ctx.load(ETHERTYPE_AT).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let addrs: [u32; 2] = ctx.load(SRC_AT).ok()?;
+    Some((addrs[0], addrs[1]))
 }

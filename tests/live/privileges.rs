@@ -149,7 +149,9 @@ fn the_daemon_stays_inside_its_units_sandbox() {
     for line in text.lines() {
         let rest = line.split_once(' ').map_or(line, |(_, rest)| rest).trim_start();
         let Some((name, args)) = rest.split_once('(') else { continue };
-        if name.starts_with('<') || name.starts_with("---") || name.starts_with("+++") {
+        // Resumed calls, signals, exits, and "???": a call strace caught
+        // mid-way as a thread exited, whose name it could not read.
+        if name.starts_with('<') || name.starts_with("---") || name.starts_with("+++") || name == "???" {
             continue;
         }
         calls.insert(name.to_owned());

@@ -82,6 +82,13 @@ pub struct RunArgs {
     /// Do not reload when the service file changes (SIGHUP still does).
     #[arg(long)]
     no_watch: bool,
+    /// Let the kernel route packets the datapath does not translate (the
+    /// host stays a router on these interfaces, as for nodes that use the
+    /// forwarder as their default gateway). Default: such packets are
+    /// dropped and counted (drop_not_translated), unless they are for this
+    /// host or the kernel answers them itself.
+    #[arg(long)]
+    route_other: bool,
 }
 
 impl RunArgs {
@@ -102,6 +109,7 @@ impl RunArgs {
             no_metrics,
             announce,
             no_watch,
+            route_other,
         } = self;
         crate::logging::init();
         let config = RunConfig {
@@ -122,6 +130,7 @@ impl RunArgs {
             metrics: (!no_metrics).then_some(metrics),
             announce,
             watch: !no_watch,
+            route_other,
         };
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

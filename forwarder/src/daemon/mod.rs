@@ -79,6 +79,8 @@ pub struct RunConfig {
     pub announce: Option<String>,
     /// Reload when the service file changes.
     pub watch: bool,
+    /// Let the kernel route what the datapath does not translate.
+    pub route_other: bool,
 }
 
 enum Exit {
@@ -110,6 +112,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         metrics,
         announce,
         watch,
+        route_other,
     } = config;
     // Everything that can be checked is checked before the host changes.
     let file = ServiceFile::load(&services)?;
@@ -182,7 +185,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let served = daemon.serve(listener, &calls, metrics, watch.then_some(file_events)).await;
     let migrate = adopted && previous.version == 0;
     let started = match served {
-        Ok(watcher) => daemon.start(file, &plans, adopted, migrate).await.map(|()| watcher),
+        Ok(watcher) => daemon.start(file, &plans, adopted, migrate, route_other).await.map(|()| watcher),
         Err(err) => Err(err),
     };
     let _watcher = match started {
@@ -259,10 +262,12 @@ impl Daemon {
         plans: &[(String, Plan)],
         adopted: bool,
         migrate: bool,
+        route_other: bool,
     ) -> anyhow::Result<()> {
         if file.services.iter().any(|s| s.mode == crate::config::Mode::Snat) {
             crate::host::ports::check_snat_range()?;
         }
+        self.kernel.route_other(route_other)?;
         let ifaces: Vec<String> = plans.iter().map(|(iface, _)| iface.clone()).collect();
         self.host.sysctls.enable_forwarding(&ifaces)?;
         for (iface, plan) in plans {

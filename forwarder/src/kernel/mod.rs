@@ -259,6 +259,16 @@ impl Kernel {
         self.maps.secret.set(0, secret, 0).map_err(map_error)
     }
 
+    /// Whether packets the datapath does not translate may be routed on by
+    /// the kernel (`--route-other`); see `SETTING_ROUTE_OTHER`.
+    pub fn route_other(&mut self, on: bool) -> Result<(), KernelError> {
+        let flags = if on { forwarder_common::maps::SETTING_ROUTE_OTHER } else { 0 };
+        self.maps
+            .settings
+            .set(0, Settings { flags }, 0)
+            .map_err(|source| KernelError::Map { name: names::SETTINGS, source })
+    }
+
     /// The SNAT port secret in use.
     pub fn snat_secret(&self) -> Result<u64, KernelError> {
         self.maps.secret.get(&0, 0).map_err(|source| KernelError::Map { name: names::SECRET, source })
