@@ -40,6 +40,9 @@ impl Bench {
         if let Some(out) = out {
             command.arg("--out").arg(std::path::absolute(out)?);
         }
-        cmd::run(&mut command)
+        let bpffs = crate::bpffs::HostBpffs::note();
+        let result = cmd::run(&mut command);
+        bpffs.restore();
+        result
     }
 }

@@ -27,10 +27,7 @@ impl Test {
             );
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        // Daemons started under `ip netns exec` with the default pin
-        // directory mount a bpffs on /sys/fs/bpf if the host has none;
-        // put the host back as it was found.
-        let bpffs_before = is_bpffs(BPFFS);
+        let bpffs = crate::bpffs::HostBpffs::note();
         let kernel_tests = |flavour: &str, suites: &[&str]| {
             let mut test = cmd::as_root(&cargo);
             test.current_dir(cmd::workspace_root())
@@ -50,32 +47,13 @@ impl Test {
             .and_then(|()| kernel_tests("defaults-tc", LAB_SUITES))
             .and_then(|()| kernel_tests("tuned-xdp", LAB_SUITES));
         remove_stale_namespaces();
-        if !bpffs_before && is_bpffs(BPFFS) && dir_is_empty(BPFFS) {
-            let _ = cmd::run(cmd::as_root("umount").arg(BPFFS));
-        }
+        bpffs.restore();
         result
     }
 }
 
 /// The suites that run against the namespace lab, once per lab flavour.
 const LAB_SUITES: &[&str] = &["e2e", "live"];
-const BPFFS: &str = "/sys/fs/bpf";
-
-fn is_bpffs(path: &str) -> bool {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T", path])
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
-}
-
-/// Whether a bpffs holds nothing but the iterators the kernel's
-/// `bpf_preload` puts in every new one (`maps.debug`, `progs.debug`).
-fn dir_is_empty(path: &str) -> bool {
-    std::fs::read_dir(path).is_ok_and(|entries| {
-        entries.filter_map(Result::ok).all(|e| e.file_name().to_string_lossy().ends_with(".debug"))
-    })
-}
-
 /// Removes what a test run killed before its guards ran left behind:
 /// network namespaces named `{prefix}{pid}x{n}{role}` whose pid is gone,
 /// and the labs' bpffs mounts (which also detaches anything pinned there).
@@ -99,7 +77,7 @@ fn remove_stale_namespaces() {
 /// The default pin and run directories (`forwarder-netns-NAME`) of test
 /// labs whose namespace is gone.
 fn remove_stale_default_state() {
-    for root in [BPFFS, "/run"] {
+    for root in [crate::bpffs::BPFFS, "/run"] {
         let Ok(entries) = std::fs::read_dir(root) else { continue };
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
