@@ -27,6 +27,10 @@ pub const SEEN_RST: u8 = 1 << 2;
 pub const SEEN_PACKET: u8 = 1 << 3;
 /// A TCP segment with ACK set was seen in this entry's direction.
 pub const SEEN_ACK: u8 = 1 << 4;
+/// This direction's FIN came before the other direction's (set by the
+/// datapath on reply entries: the node closed first, so it holds the
+/// connection's tuple in TIME_WAIT).
+pub const SEEN_FIN_FIRST: u8 = 1 << 5;
 /// The `SEEN_*` bits a TCP packet with header flags byte `flags` brings.
 ///
 /// ```
@@ -63,8 +67,17 @@ pub const UDP_TIMEOUT_NS: u64 = 60 * SECOND;
 pub const TCP_SYN_TIMEOUT_NS: u64 = 60 * SECOND;
 /// TCP once the handshake is done.
 pub const TCP_ESTABLISHED_TIMEOUT_NS: u64 = 6 * 60 * 60 * SECOND;
-/// TCP after a RST, or after a FIN in each direction.
+/// TCP after a RST: long enough for the peer's answer to be translated
+/// (RFC 5961's point).
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * SECOND;
+/// TCP after a FIN in each direction, the client's first: the node ends in
+/// CLOSED once the last ACK arrives, so its SNAT port is free again after
+/// what a retransmitted FIN and its ACK need.
+pub const TCP_CLOSED_TIMEOUT_NS: u64 = 2 * SECOND;
+/// TCP after a FIN in each direction, the node's first: the node holds the
+/// tuple in TIME_WAIT for 60 s (Linux's `TCP_TIMEWAIT_LEN`) and would
+/// refuse a new connection's SYN on it, so the SNAT port waits it out.
+pub const TCP_TIME_WAIT_TIMEOUT_NS: u64 = 60 * SECOND;
 
 /// `last_seen` is refreshed at most this often, so an established flow's
 /// entry is written about once a second instead of on every packet.
@@ -79,8 +92,10 @@ pub const REFRESH_INTERVAL_NS: u64 = SECOND;
 /// assert_eq!(half_open, TCP_SYN_TIMEOUT_NS);
 /// let est = timeout_ns(6, syn | SEEN_ACK, syn | SEEN_ACK);
 /// assert_eq!(est, TCP_ESTABLISHED_TIMEOUT_NS);
-/// let closing = timeout_ns(6, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN);
-/// assert_eq!(closing, TCP_CLOSING_TIMEOUT_NS);
+/// let closed = timeout_ns(6, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN);
+/// assert_eq!(closed, TCP_CLOSED_TIMEOUT_NS);
+/// let time_wait = timeout_ns(6, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN | SEEN_FIN_FIRST);
+/// assert_eq!(time_wait, TCP_TIME_WAIT_TIMEOUT_NS);
 /// ```
 #[inline(always)]
 #[must_use]
@@ -88,8 +103,10 @@ pub const fn timeout_ns(proto: u8, original: u8, reply: u8) -> u64 {
     if proto != crate::maps::PROTO_TCP {
         return UDP_TIMEOUT_NS;
     }
-    if (original | reply) & SEEN_RST != 0 || (original & reply & SEEN_FIN) != 0 {
+    if (original | reply) & SEEN_RST != 0 {
         TCP_CLOSING_TIMEOUT_NS
+    } else if original & reply & SEEN_FIN != 0 {
+        if reply & SEEN_FIN_FIRST != 0 { TCP_TIME_WAIT_TIMEOUT_NS } else { TCP_CLOSED_TIMEOUT_NS }
     } else if handshake_done(original, reply) {
         TCP_ESTABLISHED_TIMEOUT_NS
     } else {
@@ -125,8 +142,10 @@ pub enum ConnState {
     Established,
     /// TCP: a FIN in one direction.
     FinWait,
-    /// TCP: a FIN in each direction.
+    /// TCP: a FIN in each direction, the client's first.
     Closing,
+    /// TCP: a FIN in each direction, the node's first (it is in TIME_WAIT).
+    TimeWait,
     /// TCP: a RST in either direction.
     Reset,
     /// UDP: any flow.
@@ -145,7 +164,7 @@ impl ConnState {
         if all & SEEN_RST != 0 {
             Self::Reset
         } else if original & reply & SEEN_FIN != 0 {
-            Self::Closing
+            if reply & SEEN_FIN_FIRST != 0 { Self::TimeWait } else { Self::Closing }
         } else if all & SEEN_FIN != 0 {
             Self::FinWait
         } else if handshake_done(original, reply) {
@@ -166,6 +185,7 @@ impl ConnState {
             Self::Established => "established",
             Self::FinWait => "fin_wait",
             Self::Closing => "closing",
+            Self::TimeWait => "time_wait",
             Self::Reset => "reset",
             Self::Active => "active",
         }
@@ -214,7 +234,20 @@ mod tests {
                 SEEN_PACKET,
                 TCP_ESTABLISHED_TIMEOUT_NS,
             ),
-            ("both fin", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET | SEEN_FIN, TCP_CLOSING_TIMEOUT_NS),
+            (
+                "both fin, client first",
+                PROTO_TCP,
+                SEEN_PACKET | SEEN_FIN,
+                SEEN_PACKET | SEEN_FIN,
+                TCP_CLOSED_TIMEOUT_NS,
+            ),
+            (
+                "both fin, node first",
+                PROTO_TCP,
+                SEEN_PACKET | SEEN_FIN,
+                SEEN_PACKET | SEEN_FIN | SEEN_FIN_FIRST,
+                TCP_TIME_WAIT_TIMEOUT_NS,
+            ),
             ("rst from backend", PROTO_TCP, SEEN_PACKET, SEEN_PACKET | SEEN_RST, TCP_CLOSING_TIMEOUT_NS),
             ("rst from client", PROTO_TCP, SEEN_PACKET | SEEN_RST, 0, TCP_CLOSING_TIMEOUT_NS),
         ];
@@ -243,6 +276,14 @@ mod tests {
             ("acked, not answered yet", PROTO_TCP, ack, 0, ConnState::SynSent, "syn_sent"),
             ("fin one way", PROTO_TCP, SEEN_PACKET | SEEN_FIN, SEEN_PACKET, ConnState::FinWait, "fin_wait"),
             ("fin both ways", PROTO_TCP, SEEN_FIN, SEEN_FIN, ConnState::Closing, "closing"),
+            (
+                "node's fin first",
+                PROTO_TCP,
+                SEEN_FIN,
+                SEEN_FIN | SEEN_FIN_FIRST,
+                ConnState::TimeWait,
+                "time_wait",
+            ),
             ("rst", PROTO_TCP, SEEN_PACKET, SEEN_RST, ConnState::Reset, "reset"),
             ("rst beats fin", PROTO_TCP, SEEN_FIN | SEEN_RST, SEEN_FIN, ConnState::Reset, "reset"),
         ];

@@ -3,8 +3,8 @@
 
 use forwarder_common::{
     conntrack::{
-        FLAG_REPLY, REFRESH_INTERVAL_NS, TCP_CLOSING_TIMEOUT_NS, directions, expired as past_timeout,
-        reopens, timeout_ns,
+        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, TCP_CLOSED_TIMEOUT_NS, directions,
+        expired as past_timeout, reopens, timeout_ns,
     },
     maps::{FlowEntry, FlowKey, NextHop},
 };
@@ -14,7 +14,7 @@ use crate::maps::FLOWS;
 /// The shortest timeout of any state: an entry refreshed more recently than
 /// this is alive whatever its peer says, so the common case needs no second
 /// lookup.
-const ALIVE_FOR_SURE_NS: u64 = TCP_CLOSING_TIMEOUT_NS;
+const ALIVE_FOR_SURE_NS: u64 = TCP_CLOSED_TIMEOUT_NS;
 // `usable` trusts an entry refreshed within the interval without its peer.
 const _: () = assert!(REFRESH_INTERVAL_NS < ALIVE_FOR_SURE_NS);
 
@@ -99,18 +99,31 @@ pub fn refresh_due(entry: &FlowEntry, now: u64) -> bool {
     now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS
 }
 
-/// Records a forwarded packet on `entry`, writing only when something
-/// changed so an established flow's cache line stays shared between CPUs.
+/// Records a forwarded packet on `entry` (keyed `key`), writing only when
+/// something changed so an established flow's cache line stays shared
+/// between CPUs. The node's FIN, when it comes before the client's, is
+/// marked (`SEEN_FIN_FIRST`): the node then holds the tuple in TIME_WAIT,
+/// which the connection's timeout waits out. One peer lookup per
+/// connection, on its first reply FIN.
 ///
 /// Concurrent updates from other CPUs race benignly: both store a recent
 /// time, or OR in flags.
 #[inline(always)]
-pub fn touch(entry: &mut FlowEntry, packet_seen: u8, now: u64) {
+pub fn touch(key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
     if refresh_due(entry, now) {
         entry.last_seen_ns = now;
     }
-    if entry.seen | packet_seen != entry.seen {
-        entry.seen |= packet_seen;
+    let mut seen = entry.seen | packet_seen;
+    if seen != entry.seen {
+        let first_fin = packet_seen & SEEN_FIN != 0 && entry.seen & SEEN_FIN == 0;
+        if first_fin && entry.flags & FLAG_REPLY != 0 {
+            // SAFETY: a map value pointer from the lookup helper.
+            let peer_closed = peer_of(key, entry).is_some_and(|peer| unsafe { (*peer).seen } & SEEN_FIN != 0);
+            if !peer_closed {
+                seen |= SEEN_FIN_FIRST;
+            }
+        }
+        entry.seen = seen;
     }
 }
 
@@ -127,6 +140,6 @@ pub fn record(key: &FlowKey, packet_seen: u8, now: u64, hop: Option<(NextHop, u1
             entry.hop = hop;
             entry.hop_len = len;
         }
-        touch(entry, packet_seen, now);
+        touch(key, entry, packet_seen, now);
     }
 }

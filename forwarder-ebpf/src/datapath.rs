@@ -103,7 +103,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let route = match (cached, tracked) {
         (true, Some(found)) => {
             // SAFETY: the map value pointer found above, used at once.
-            conntrack::touch(unsafe { &mut *found }, pkt.seen, now);
+            conntrack::touch(&pkt.key, unsafe { &mut *found }, pkt.seen, now);
             Route::Via(entry.hop)
         }
         _ => {
