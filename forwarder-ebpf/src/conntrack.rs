@@ -3,8 +3,8 @@
 
 use forwarder_common::{
     conntrack::{
-        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, TCP_CLOSED_TIMEOUT_NS, directions,
-        expired as past_timeout, reopens, timeout_ns,
+        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS,
+        directions, expired as past_timeout, reopens, timeout_ns,
     },
     maps::{FlowEntry, FlowKey, NextHop},
 };
@@ -39,6 +39,26 @@ pub fn expired(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
         return false;
     }
     expired_with(entry, peer_of(key, entry), key.proto, now)
+}
+
+/// Whether the closed connection of `entry` (keyed `key`) may give its
+/// tuple to a new connection from the same client now: a FIN each way, no
+/// RST, and quiet for `TCP_CLOSED_TIMEOUT_NS`. A node that closed first
+/// still holds the tuple in TIME_WAIT, but it takes a SYN whose timestamp
+/// is newer than the last it saw (as the kernel allows), which a new
+/// connection from the same client host carries: Linux keeps one
+/// timestamp clock per address pair. Another client waits the TIME_WAIT
+/// out ([`expired`]).
+#[inline(always)]
+pub fn closed_for_its_client(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
+    let peer = peer_of(key, entry);
+    // SAFETY: a map value pointer from the lookup helper.
+    let (peer_seen, peer_last) = peer.map_or((0, 0), |p| unsafe { ((*p).seen, (*p).last_seen_ns) });
+    let (original, reply) = directions(entry.flags, entry.seen, peer_seen);
+    let last = if peer_last > entry.last_seen_ns { peer_last } else { entry.last_seen_ns };
+    original & reply & SEEN_FIN != 0
+        && (original | reply) & SEEN_RST == 0
+        && past_timeout(now, last, TCP_CLOSED_TIMEOUT_NS)
 }
 
 /// The other entry of `entry`'s connection (`entry` is keyed `key`), if it

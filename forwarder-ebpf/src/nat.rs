@@ -70,7 +70,9 @@ pub fn create(
 ///
 /// A key already taken is free again when its connection expired, or when
 /// it translates to the same client and VIP (an earlier incarnation of
-/// this very connection). An orphan (its original entry evicted from the
+/// this very connection), or when it was closed and the new connection
+/// comes from the same client (see `conntrack::closed_for_its_client`).
+/// An orphan (its original entry evicted from the
 /// full table, or its key since another connection's) is judged alone: it
 /// is free once quiet for its own timeout, never while the node still
 /// sends on it, or a server-push stream would reach the new client.
@@ -91,7 +93,10 @@ fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
                 && existing.new_dst == reply.new_dst
                 && existing.new_sport == reply.new_sport
                 && existing.new_dport == reply.new_dport;
-            same_connection || conntrack::expired(key, existing, now)
+            let same_client = existing.new_dst == reply.new_dst;
+            same_connection
+                || conntrack::expired(key, existing, now)
+                || (same_client && conntrack::closed_for_its_client(key, existing, now))
         },
         None => true,
     };
