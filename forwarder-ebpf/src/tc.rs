@@ -188,9 +188,9 @@ fn setting(flag: u32) -> bool {
 
 /// A packet the datapath did not translate, on its way into the kernel:
 /// dropped if the kernel would route it out again, unless the operator
-/// allowed that (`SETTING_ROUTE_OTHER`). Packets for this host, and any
-/// the kernel answers itself (unreachable routes, disabled forwarding),
-/// go on. This is where an untranslated packet to a VIP would otherwise
+/// allowed that (`SETTING_ROUTE_OTHER`). Packets for this host (its
+/// addresses, multicast, broadcast), and any the kernel answers itself
+/// (unreachable routes, disabled forwarding, an expiring TTL), go on. This is where an untranslated packet to a VIP would otherwise
 /// bounce between the forwarder and its router, and where clients would
 /// use the forwarder as a router to the nodes.
 #[inline(always)]
@@ -203,10 +203,22 @@ fn to_kernel(ctx: &TcContext) -> i32 {
 }
 
 /// Whether the kernel would route an IPv4 packet `addrs` (source,
-/// destination, wire order) arriving with `ctx` out to another host.
+/// destination in wire order, TTL) arriving with `ctx` out to another host.
 #[inline(always)]
-fn routed_elsewhere(ctx: &TcContext, addrs: Option<(u32, u32)>) -> bool {
-    let Some((src, dst)) = addrs else { return false };
+fn routed_elsewhere(ctx: &TcContext, addrs: Option<(u32, u32, u8)>) -> bool {
+    let Some((src, dst, ttl)) = addrs else { return false };
+    // The kernel answers an expiring packet with ICMP time exceeded (what
+    // traceroute shows); it cannot loop.
+    if ttl <= 1 {
+        return false;
+    }
+    // The route lookup knows nothing of multicast (VRRP, OSPF, IGMP, mDNS)
+    // or the limited broadcast (DHCP), which the kernel takes before
+    // routing: they are the host's.
+    let (src_host, dst_host) = (u32::from_be(src), u32::from_be(dst));
+    if dst_host >> 28 == 0xe || dst_host == u32::MAX || src_host == 0 {
+        return false;
+    }
     // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -224,16 +236,18 @@ fn ingress(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// The IPv4 (source, destination) of an Ethernet frame, if it is IPv4.
+/// The IPv4 (source, destination, TTL) of an Ethernet frame, if IPv4.
 #[inline(always)]
-fn ipv4_addrs(ctx: &TcContext) -> Option<(u32, u32)> {
+fn ipv4_addrs(ctx: &TcContext) -> Option<(u32, u32, u8)> {
     const ETHERTYPE_AT: usize = 12;
+    const TTL_AT: usize = 14 + 8;
     const SRC_AT: usize = 14 + 12;
     const ETH_P_IP: u16 = 0x0800;
     let ethertype: u16 = ctx.load(ETHERTYPE_AT).ok()?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return None;
     }
+    let ttl: u8 = ctx.load(TTL_AT).ok()?;
     let addrs: [u32; 2] = ctx.load(SRC_AT).ok()?;
-    Some((addrs[0], addrs[1]))
+    Some((addrs[0], addrs[1], ttl))
 }

@@ -75,16 +75,7 @@ impl Checks {
     /// ones no backend uses any more stop; a probe still used keeps its
     /// state.
     pub fn reconcile(&mut self, desired: &ServiceFile) {
-        let mut users: HashMap<Key, Probe> = HashMap::new();
-        for service in &desired.services {
-            if let Some(spec) = &service.health {
-                for backend in &service.backends {
-                    let target =
-                        SocketAddrV4::new(*backend.addr.ip(), spec.port.unwrap_or(backend.addr.port()));
-                    users.insert((service.name.clone(), backend.addr), Probe { target, spec: spec.clone() });
-                }
-            }
-        }
+        let users = users(desired);
         let used: HashSet<&Probe> = users.values().collect();
         self.probes.retain(|probe, running| {
             let used = used.contains(probe);
@@ -123,7 +114,13 @@ impl Checks {
     }
 
     fn is_down(&self, service: &str, backend: SocketAddrV4) -> Option<bool> {
-        let probe = self.users.get(&(service.to_owned(), backend))?;
+        self.down_by(&self.users, service, backend)
+    }
+
+    /// Whether the probe `users` gives (service, backend) is down; `None`
+    /// if it has none, or none runs yet (a new probe starts up).
+    fn down_by(&self, users: &HashMap<Key, Probe>, service: &str, backend: SocketAddrV4) -> Option<bool> {
+        let probe = users.get(&(service.to_owned(), backend))?;
         self.probes.get(probe).map(|running| running.down)
     }
 
@@ -138,13 +135,19 @@ impl Checks {
 
     /// `desired` as the datapath should run it: down backends at weight 0,
     /// unless every backend meant to take traffic is down (see the module
-    /// documentation).
+    /// documentation). Judged by the probes `desired` itself names, so a
+    /// service that joins a probe already down starts without the dead
+    /// backend, and a backend whose check changed starts up.
     #[must_use]
     pub fn effective(&self, desired: &ServiceFile) -> ServiceFile {
+        let users = users(desired);
         let mut effective = desired.clone();
         for service in &mut effective.services {
-            let down: Vec<bool> =
-                service.backends.iter().map(|b| self.is_down(&service.name, b.addr) == Some(true)).collect();
+            let down: Vec<bool> = service
+                .backends
+                .iter()
+                .map(|b| self.down_by(&users, &service.name, b.addr) == Some(true))
+                .collect();
             let any_up = service.backends.iter().zip(&down).any(|(b, down)| b.weight > 0 && !down);
             if !any_up {
                 continue;
@@ -164,6 +167,20 @@ impl Checks {
         }
         self.users.clear();
     }
+}
+
+/// The probe each checked (service, backend) of `desired` uses.
+fn users(desired: &ServiceFile) -> HashMap<Key, Probe> {
+    let mut users = HashMap::new();
+    for service in &desired.services {
+        if let Some(spec) = &service.health {
+            for backend in &service.backends {
+                let target = SocketAddrV4::new(*backend.addr.ip(), spec.port.unwrap_or(backend.addr.port()));
+                users.insert((service.name.clone(), backend.addr), Probe { target, spec: spec.clone() });
+            }
+        }
+    }
+    users
 }
 
 async fn check_loop(probe: Probe, generation: u64, events: mpsc::Sender<Transition>) {
@@ -247,7 +264,7 @@ mod tests {
                         weight,
                     })
                     .collect(),
-                health: None,
+                health: Some(spec()),
                 source_ranges: Vec::new(),
             }],
             kube: None,
@@ -336,7 +353,23 @@ mod tests {
                 (Health::Down, Health::Down)
             );
 
-            let unchecked = file(&[1, 1]);
+            // A service added later on the same backends joins the down
+            // probe: the dead backend is out of its rotation from the start.
+            let mut three = both.clone();
+            let mut late = three.services[0].clone();
+            late.name = "late".to_owned();
+            late.port = 82;
+            three.services.push(late);
+            let weights =
+                |f: &ServiceFile| f.services[2].backends.iter().map(|b| b.weight).collect::<Vec<_>>();
+            assert_eq!(weights(&checks.effective(&three)), [0, 1], "before its reconcile");
+            // A changed check is a new probe, which starts up.
+            let mut changed = both.clone();
+            changed.services[0].health.as_mut().unwrap().timeout = std::time::Duration::from_secs(2);
+            assert_eq!(checks.effective(&changed).services[0].backends[0].weight, 1);
+
+            let mut unchecked = file(&[1, 1]);
+            unchecked.services[0].health = None;
             checks.reconcile(&unchecked);
             assert!(checks.probes.is_empty());
             checks.reconcile(&both);

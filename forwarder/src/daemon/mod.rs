@@ -267,7 +267,6 @@ impl Daemon {
         if file.services.iter().any(|s| s.mode == crate::config::Mode::Snat) {
             crate::host::ports::check_snat_range()?;
         }
-        self.kernel.route_other(route_other)?;
         let ifaces: Vec<String> = plans.iter().map(|(iface, _)| iface.clone()).collect();
         self.host.sysctls.enable_forwarding(&ifaces)?;
         for (iface, plan) in plans {
@@ -282,6 +281,8 @@ impl Daemon {
             self.table.prune(&mut self.kernel.maps)?;
         }
         self.kernel.finish()?;
+        // Last, so a start that fails leaves a predecessor's setting.
+        self.kernel.route_other(route_other)?;
         self.prefetch().await;
         self.save();
         Ok(())

@@ -14,7 +14,8 @@
 //!
 //! The parent is trusted only as far as it is checked: its /proc entry is
 //! opened once and the parent is confirmed alive after that (so a reused
-//! PID cannot stand in for it), its mount namespace must belong to this
+//! PID cannot stand in for it; without a parent, init's namespace is the
+//! one to outlive), its mount namespace must belong to this
 //! process's user namespace (a namespace an unprivileged user built is
 //! refused), and the mount is a system call made from a forked child,
 //! never a program found in that namespace.
@@ -156,17 +157,21 @@ impl Parent {
     /// exec`, or a unit with a private one) and one this process may use.
     fn in_other_mount_namespace() -> Result<Option<Self>, BpfFsError> {
         let outside = |what: &str, error: nix::Error| BpfFsError::Outside(format!("{what}: {error}"));
+        let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let pid = getppid();
-        if pid.as_raw() <= 1 {
-            // Orphaned or started by init: init's namespace is the host's.
-            return Ok(None);
-        }
-        let proc_dir =
-            open(format!("/proc/{pid}").as_str(), OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| outside("opening the parent's /proc entry", e))?;
-        if getppid() != pid {
-            return Err(BpfFsError::Outside("the parent exited while it was being looked at".to_owned()));
-        }
+        // Started by init, orphaned, or the parent gone while being looked
+        // at: the namespace to outlive is init's (a unit running `ip netns
+        // exec` has PID 1 as its parent).
+        let parent = (pid.as_raw() > 1)
+            .then(|| open(format!("/proc/{pid}").as_str(), flags, Mode::empty()).ok())
+            .flatten()
+            .filter(|_| getppid() == pid);
+        let proc_dir = match parent {
+            Some(dir) => dir,
+            None => {
+                open("/proc/1", flags, Mode::empty()).map_err(|e| outside("opening init's /proc entry", e))?
+            }
+        };
         let parent = Self { proc_dir };
         let ours = std::fs::metadata("/proc/self/ns/mnt").map_err(|e| BpfFsError::Outside(e.to_string()))?;
         let theirs = parent.namespace("mnt")?;
