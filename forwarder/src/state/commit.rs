@@ -190,7 +190,11 @@ impl ServiceTable {
         retiring.backend_entries.dedup();
         retiring.source_keys.sort_unstable();
         retiring.source_keys.dedup();
-        retiring.since = Some(std::time::Instant::now());
+        // Sealed with its own time: changes a second apart or closer never
+        // hold back what earlier ones freed.
+        let mut batch = std::mem::take(retiring);
+        batch.since = Some(std::time::Instant::now());
+        self.waiting.push_back(batch);
     }
 }
 

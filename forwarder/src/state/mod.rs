@@ -254,7 +254,11 @@ pub struct ServiceTable {
     service_ids: IdPool,
     backend_ids: IdPool,
     tables: MaglevTables,
+    /// What the commit under way frees, sealed into `waiting` at its end.
     retiring: Retiring,
+    /// Freed by earlier commits, oldest first, each batch deleted a second
+    /// after its commit.
+    waiting: std::collections::VecDeque<Retiring>,
     /// `--snat-ip`, used when the file sets none.
     snat_override: Option<Ipv4Addr>,
     /// Adopted from an earlier daemon: ids are kept, but every entry and
@@ -309,6 +313,7 @@ impl ServiceTable {
             tables: MaglevTables::new(table_ids),
             services,
             retiring: Retiring::default(),
+            waiting: std::collections::VecDeque::new(),
             snat_override,
             adopted_tables,
             capacity,
@@ -333,12 +338,15 @@ impl ServiceTable {
 
     /// Deletes what was unreferenced more than a second ago.
     pub fn retire(&mut self, maps: &mut Maps) -> Result<(), ApplyError> {
-        let Some(since) = self.retiring.since else { return Ok(()) };
-        if since.elapsed() < RETIRE_AFTER {
-            return Ok(());
+        while self.waiting.front().is_some_and(|b| b.since.is_some_and(|t| t.elapsed() >= RETIRE_AFTER)) {
+            let batch = self.waiting.pop_front().expect("checked above");
+            self.retire_batch(batch, maps)?;
         }
-        let Retiring { since: _, backend_entries, source_keys, tables, service_ids, backend_ids } =
-            std::mem::take(&mut self.retiring);
+        Ok(())
+    }
+
+    fn retire_batch(&mut self, batch: Retiring, maps: &mut Maps) -> Result<(), ApplyError> {
+        let Retiring { since: _, backend_entries, source_keys, tables, service_ids, backend_ids } = batch;
         // A key a service holds again (its bank switched back, or a failed
         // commit written back) must stay.
         let owned = self.backend_keys();
@@ -376,7 +384,9 @@ impl ServiceTable {
             .backends
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !owned.contains(key) && !self.retiring.backend_entries.contains(key))
+            .filter(|key| {
+                !owned.contains(key) && !self.waiting.iter().any(|b| b.backend_entries.contains(key))
+            })
             .collect();
         for key in stale {
             deleted(names::BACKENDS, maps.backends.remove(&key))?;
@@ -403,7 +413,7 @@ impl ServiceTable {
         let stale: Vec<u32> = outer
             .keys()
             .filter_map(Result::ok)
-            .filter(|id| !self.tables.contains(*id) && !self.retiring.tables.contains(id))
+            .filter(|id| !self.tables.contains(*id) && !self.waiting.iter().any(|b| b.tables.contains(id)))
             .collect();
         maglev_tables::remove_unknown(&maps.maglev, &stale)
     }

@@ -182,7 +182,7 @@ impl ServiceTable {
     fn check_entries(&self, plan: &Plan) -> Result<(), ApplyError> {
         let mut backends = self.backend_keys();
         backends.extend(plan.next.values().flat_map(InstalledService::backend_keys));
-        backends.extend(self.retiring.backend_entries.iter().copied());
+        backends.extend(self.waiting.iter().flat_map(|b| b.backend_entries.iter().copied()));
         let capacity = backend_entries(self.capacity.max_backends);
         if backends.len() > capacity as usize {
             return Err(ApplyError::TooManyBackendEntries { wanted: backends.len(), capacity });
@@ -192,7 +192,7 @@ impl ServiceTable {
             .values()
             .chain(plan.next.values())
             .flat_map(InstalledService::source_keys)
-            .chain(self.retiring.source_keys.iter().copied())
+            .chain(self.waiting.iter().flat_map(|b| b.source_keys.iter().copied()))
             .collect();
         if sources.len() > MAX_SOURCE_PREFIXES as usize {
             return Err(ApplyError::TooManySourcePrefixes {
