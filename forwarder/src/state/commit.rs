@@ -96,10 +96,12 @@ impl ServiceTable {
     ) -> Result<(), ApplyError> {
         let faults = &mut self.faults;
         let next_keys: HashSet<ServiceKey> = next.values().map(InstalledService::key).collect();
-        let mut present = self.services.values().filter(|s| next.contains_key(&s.name)).count();
+        // The keys in the map as the writes go.
+        let mut present: HashSet<ServiceKey> = self.services.values().map(InstalledService::key).collect();
         for old in self.services.values().filter(|s| !next.contains_key(&s.name)) {
             if !next_keys.contains(&old.key()) {
                 remove_key(faults, maps, old.key())?;
+                present.remove(&old.key());
             }
         }
         let rewrite_all = self.adopted_tables.is_some();
@@ -112,8 +114,11 @@ impl ServiceTable {
             if current.is_none_or(|c| c.bank != service.bank || rewrite_all) {
                 write_backends(faults, maps, service)?;
             }
-            // Allowed sources go in before the entry that starts using them.
-            for key in service.source_keys() {
+            // Allowed sources go in before the entry that starts using them
+            // (only new ones: a full trie refuses even a rewrite before
+            // Linux 6.14).
+            let had = current.filter(|_| !rewrite_all).map(InstalledService::source_keys).unwrap_or_default();
+            for key in service.source_keys().into_iter().filter(|key| !had.contains(key)) {
                 faults.before_write(names::SOURCES)?;
                 maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
             }
@@ -122,16 +127,17 @@ impl ServiceTable {
             // takes it over in this change.
             let moved = current.map(InstalledService::key).filter(|old| *old != service.key());
             let freed = moved.filter(|old| !next_keys.contains(old));
-            if current.is_none() {
-                present += 1;
-            }
-            if let Some(old) = freed.filter(|_| present >= capacity) {
+            let full = !present.contains(&service.key()) && present.len() >= capacity;
+            if let Some(old) = freed.filter(|_| full) {
                 remove_key(faults, maps, old)?;
+                present.remove(&old);
             }
             faults.before_write(names::SERVICES)?;
             maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
-            if let Some(old) = freed.filter(|_| present < capacity) {
+            present.insert(service.key());
+            if let Some(old) = freed.filter(|_| !full) {
                 remove_key(faults, maps, old)?;
+                present.remove(&old);
             }
         }
         Ok(())
@@ -152,9 +158,11 @@ impl ServiceTable {
             for service in attempted.values().filter(|s| !keys.contains(&s.key())) {
                 remove_key(&mut unarmed, maps, service.key())?;
             }
+            // The attempt deleted no prefix; an adopted table's may be missing.
+            let rewrite_sources = self.adopted_tables.is_some();
             for service in self.services.values() {
                 write_backends(&mut unarmed, maps, service)?;
-                for key in service.source_keys() {
+                for key in service.source_keys().into_iter().filter(|_| rewrite_sources) {
                     maps.sources.insert(&trie_key(key), 1, 0).map_err(map_err(names::SOURCES))?;
                 }
                 maps.services.insert(service.key(), service.entry(), 0).map_err(map_err(names::SERVICES))?;
