@@ -14,8 +14,8 @@ pub struct Bench {
     /// Fewer and shorter runs: under two minutes, for a first look.
     #[arg(long)]
     quick: bool,
-    /// Only these parts (repeatable): cost, control, pps, http.
-    #[arg(long, value_parser = ["cost", "control", "pps", "http"])]
+    /// Only these parts (repeatable): cost, control, pps, http, churn.
+    #[arg(long, value_parser = ["cost", "control", "pps", "http", "churn"])]
     only: Vec<String>,
     /// Where the results go [default: tests/bench-results].
     #[arg(long)]

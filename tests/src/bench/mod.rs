@@ -7,6 +7,7 @@
 //! ([`http`]). [`report`] writes the results.
 
 pub mod chart;
+pub mod churn;
 pub mod control;
 pub mod cost;
 pub mod http;
@@ -28,7 +29,7 @@ use self::{
 #[derive(Clone, Debug)]
 pub struct Config {
     pub quick: bool,
-    /// Parts to run (all when empty): `cost`, `control`, `pps`, `http`.
+    /// Parts to run (all when empty): `cost`, `control`, `pps`, `http`, `churn`.
     pub only: Vec<String>,
     /// Where the report goes.
     pub out: PathBuf,
@@ -47,6 +48,8 @@ struct Effort {
     http_duration: Duration,
     /// Requests of the fixed-rate latency run per path.
     paced_requests: u32,
+    /// How long each new-connection-rate run lasts.
+    churn_duration: Duration,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
                 http_rounds: 1,
                 http_duration: Duration::from_secs(2),
                 paced_requests: 500,
+                churn_duration: Duration::from_secs(3),
             }
         } else {
             Effort {
@@ -76,6 +80,7 @@ impl Config {
                 http_rounds: 3,
                 http_duration: Duration::from_secs(5),
                 paced_requests: 2_500,
+                churn_duration: Duration::from_secs(60),
             }
         }
     }
@@ -119,7 +124,11 @@ const SCALE_FLOWS: u32 = 10_000;
 const FLOW_SCALE_BACKENDS: u32 = 64;
 
 /// The parts a run may be limited to.
-pub const PARTS: [&str; 4] = ["cost", "control", "pps", "http"];
+pub const PARTS: [&str; 5] = ["cost", "control", "pps", "http", "churn"];
+
+/// New connections per second of the churn part: above what a 10 s hold
+/// of every closed connection's port allowed (31,744 / 10 s).
+const CHURN_RATE: u32 = 4_000;
 
 /// Runs every part (or those `config.only` names) and returns the report.
 pub fn run(config: &Config) -> anyhow::Result<Report> {
@@ -138,6 +147,24 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     }
     if wanted("http") {
         http_rates(&effort, &mut report)?;
+    }
+    if wanted("churn") {
+        eprintln!("bench: new connections at {CHURN_RATE}/s to one node (snat)");
+        for closer in churn::Closer::ALL {
+            let row = churn::measure(closer, CHURN_RATE, effort.churn_duration)?;
+            eprintln!(
+                "  {:<40} {} attempted, {} failed, {:.0}/s made, p50 {:.2} ms, p99 {:.2} ms, {} over 1 s, drop_snat_exhausted {}",
+                row.label,
+                row.attempted,
+                row.failed,
+                row.achieved,
+                row.p50_ms,
+                row.p99_ms,
+                row.over_a_second,
+                row.snat_exhausted
+            );
+            report.churn.push(row);
+        }
     }
     report.evaluate();
     Ok(report)

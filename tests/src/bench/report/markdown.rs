@@ -14,6 +14,7 @@ impl Report {
             costs: Vec::new(),
             scaling: Vec::new(),
             control: None,
+            churn: Vec::new(),
         })
     }
 
@@ -289,6 +290,33 @@ impl Report {
                 c.maglev_len,
                 c.maglev_ms
             );
+        }
+        if !self.churn.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## New connections at a fixed rate\n\nOne client, one node, snat, `--attach auto` on \
+                 default veths; each connection one request and a whole answer, from {} client threads on a \
+                 schedule. SNAT ports towards one node: 31,744.\n\n\
+                 | case | rate asked /s | seconds | attempted | failed | made /s | p50 ms | p99 ms | over 1 s | drop_snat_exhausted |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                crate::bench::churn::THREADS
+            );
+            for c in &self.churn {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                    c.label,
+                    c.rate,
+                    c.seconds,
+                    c.attempted,
+                    c.failed,
+                    c.achieved,
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.over_a_second,
+                    c.snat_exhausted
+                );
+            }
         }
         let _ = writeln!(md, "\n## How it was measured\n\n{}\n\n{}", pps::METHOD, METHOD);
         md

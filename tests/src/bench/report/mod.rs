@@ -121,6 +121,9 @@ pub struct Report {
     pub costs: Vec<CostRow>,
     pub scaling: Vec<ScaleRow>,
     pub control: Option<ControlPlane>,
+    /// Absent from reports older than it.
+    #[serde(default)]
+    pub churn: Vec<super::churn::ChurnRow>,
 }
 
 fn output(program: &str, args: &[&str]) -> String {
