@@ -65,10 +65,17 @@ pub enum Reason {
     /// open router and untranslated VIP traffic cannot loop; `--route-other`
     /// lets the kernel route it.
     DropNotTranslated,
+    /// An ICMP error (destination unreachable, time exceeded) quoting a
+    /// packet of a tracked connection: translated with the connection and
+    /// forwarded to the other side.
+    IcmpTranslated,
+    /// An ICMP error whose quoted packet belongs to no tracked connection
+    /// (or is not addressed to the quoted packet's sender): passed untouched.
+    PassIcmpNoFlow,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::DropNotTranslated as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::PassIcmpNoFlow as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -93,6 +100,8 @@ impl Reason {
         Reason::DropRedirectFailed,
         Reason::DropSourceNotAllowed,
         Reason::DropNotTranslated,
+        Reason::IcmpTranslated,
+        Reason::PassIcmpNoFlow,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -136,6 +145,8 @@ impl Reason {
             Reason::DropRedirectFailed => "drop_redirect_failed",
             Reason::DropSourceNotAllowed => "drop_source_not_allowed",
             Reason::DropNotTranslated => "drop_not_translated",
+            Reason::IcmpTranslated => "icmp_translated",
+            Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! * [`snat`]: the SNAT port range and the ports a new flow tries.
 //! * [`conntrack`]: per-flow state bits and the timeout policy.
 //! * [`counters`]: the reasons a packet is passed, dropped or forwarded.
+//! * [`icmp`]: which ICMP errors are translated, and their checksums.
 //!
 //! Everything here is `no_std` and free of BPF helpers so host unit tests
 //! exercise exactly the arithmetic the datapath runs.
@@ -21,5 +22,6 @@ pub mod conntrack;
 pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod icmp;
 pub mod maps;
 pub mod snat;

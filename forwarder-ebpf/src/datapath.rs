@@ -11,7 +11,7 @@ use forwarder_common::{counters::Reason, hash::flow_hash, maps::FlowEntry};
 use crate::{
     conntrack,
     fwd::{self, Route},
-    lb, nat,
+    icmp, lb, nat,
     parse::{Packet, parse},
     stats,
 };
@@ -38,6 +38,10 @@ pub trait Hook {
     /// hook's packets need; false if it could not (the packet is then
     /// dropped). The packet's last change: helpers may move it.
     fn rewrite(&self, pkt: &Packet, entry: &FlowEntry) -> bool;
+    /// Makes the first `len` bytes (or the whole frame, if shorter)
+    /// directly readable, where the hook may hold less (an skb's linear
+    /// area). Invalidates pointers into the packet.
+    fn pull(&self, len: u32);
 }
 
 /// What to do with the packet.
@@ -73,7 +77,10 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 
 #[inline(always)]
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
-    let pkt = parse(hook.data(), hook.data_end(), hook.frame_len())?;
+    let pkt = match parse(hook.data(), hook.data_end(), hook.frame_len()) {
+        Err(Reason::PassNotTcpUdp) => return icmp::translate(hook),
+        parsed => parsed?,
+    };
     let now = conntrack::now_ns();
     let wire_len = hook.wire_len(&pkt);
     // The flow's entry, and its cached next hop unless due for a check or
@@ -121,7 +128,8 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     };
     match route {
         Route::Via(hop) => {
-            fwd::set_macs(&pkt, &hop);
+            // SAFETY: `eth` was bounds-checked by `parse`.
+            unsafe { fwd::set_macs(pkt.eth, &hop) };
             if !hook.rewrite(&pkt, &entry) {
                 return Err(Reason::DropRedirectFailed);
             }

@@ -13,6 +13,8 @@ use forwarder_common::{
     maps::{FlowEntry, NextHop},
 };
 
+use network_types::eth::EthHdr;
+
 use crate::parse::Packet;
 
 /// `AF_INET`, as `bpf_fib_lookup` and `bpf_redirect_neigh` take it.
@@ -26,12 +28,21 @@ pub enum Route {
     NoNeigh { ifindex: u32, nexthop: u32 },
 }
 
+/// What a route is looked up for: the packet as it will leave.
+pub struct Query {
+    pub proto: u8,
+    pub tos: u8,
+    /// Addresses and ports in wire order (ports 0 for ICMP).
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// The IP length the egress MTU is checked against.
+    pub len: u16,
+}
+
 /// Looks up the route of `pkt` once translated by `entry`, checking the
 /// egress MTU against `wire_len` (see `Hook::wire_len`).
-#[expect(
-    clippy::not_unsafe_ptr_arg_deref,
-    reason = "`ctx` is the hook's program context, handed to the helper as the kernel gave it"
-)]
 #[inline(always)]
 pub fn route(
     ctx: *mut c_void,
@@ -40,23 +51,50 @@ pub fn route(
     wire_len: u16,
     entry: &FlowEntry,
 ) -> Result<Route, Reason> {
+    let query = Query {
+        proto: pkt.key.proto,
+        tos: pkt.tos(),
+        src: entry.new_src,
+        dst: entry.new_dst,
+        sport: entry.new_sport,
+        dport: entry.new_dport,
+        len: wire_len,
+    };
+    lookup(ctx, ingress, &query)
+}
+
+/// Looks up where a packet arriving on `ingress` and leaving as `query`
+/// goes.
+#[expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "`ctx` is the hook's program context, handed to the helper as the kernel gave it"
+)]
+#[inline(always)]
+pub fn lookup(ctx: *mut c_void, ingress: u32, query: &Query) -> Result<Route, Reason> {
     // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = pkt.key.proto;
-    params.sport = entry.new_sport;
-    params.dport = entry.new_dport;
-    params.__bindgen_anon_1.tot_len = wire_len;
+    params.l4_protocol = query.proto;
+    // Volatile: two constant ports would otherwise merge into one 4-byte
+    // store at offset 2, a misaligned stack access the verifier refuses.
+    // SAFETY: writes to fields of a local.
+    unsafe {
+        core::ptr::write_volatile(&mut params.sport, query.sport);
+        core::ptr::write_volatile(&mut params.dport, query.dport);
+    }
+    params.__bindgen_anon_1.tot_len = query.len;
     params.ifindex = ingress;
-    params.__bindgen_anon_2.tos = pkt.tos();
-    params.__bindgen_anon_3.ipv4_src = entry.new_src;
-    params.__bindgen_anon_4.ipv4_dst = entry.new_dst;
+    params.__bindgen_anon_2.tos = query.tos;
+    params.__bindgen_anon_3.ipv4_src = query.src;
+    params.__bindgen_anon_4.ipv4_dst = query.dst;
     // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size given.
     let rc = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            Ok(Route::Via(NextHop { ifindex: params.ifindex, src_mac: params.smac, dst_mac: params.dmac }))
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Route::Via(NextHop {
+            ifindex: params.ifindex,
+            src_mac: mac(&params.smac),
+            dst_mac: mac(&params.dmac),
+        })),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Route::NoNeigh {
             ifindex: params.ifindex,
             // SAFETY: the helper wrote the next hop (gateway or destination) here.
@@ -67,12 +105,33 @@ pub fn route(
     }
 }
 
-/// Sets the Ethernet addresses for the next hop.
+/// A MAC address from `bpf_fib_lookup`'s results, read two bytes at a
+/// time: the compiler would otherwise read `dmac` (offset 58) with a
+/// 4-byte load the verifier refuses as misaligned.
 #[inline(always)]
-pub fn set_macs(pkt: &Packet, hop: &NextHop) {
-    // SAFETY: `eth` was bounds-checked by `parse`.
+fn mac(field: &[u8; 6]) -> [u8; 6] {
+    let words = field.as_ptr().cast::<u16>();
+    // SAFETY: both MAC fields sit at even offsets of the 4-aligned struct.
+    let [a, b, c] = unsafe {
+        [
+            core::ptr::read_volatile(words),
+            core::ptr::read_volatile(words.add(1)),
+            core::ptr::read_volatile(words.add(2)),
+        ]
+    };
+    let ([a0, a1], [b0, b1], [c0, c1]) = (a.to_ne_bytes(), b.to_ne_bytes(), c.to_ne_bytes());
+    [a0, a1, b0, b1, c0, c1]
+}
+
+/// Sets the Ethernet addresses of the frame at `eth` for the next hop.
+///
+/// # Safety
+/// `eth` must point to a bounds-checked, writable Ethernet header.
+#[inline(always)]
+pub unsafe fn set_macs(eth: *mut EthHdr, hop: &NextHop) {
+    // SAFETY: as the caller promised.
     unsafe {
-        (*pkt.eth).src_addr = hop.src_mac;
-        (*pkt.eth).dst_addr = hop.dst_mac;
+        (*eth).src_addr = hop.src_mac;
+        (*eth).dst_addr = hop.dst_mac;
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Modules follow the packet: [`parse`] the headers, look the flow up in
 //! [`conntrack`], or find its service and pick a backend in [`lb`], create
-//! the translation in [`nat`], route it in [`fwd`], count it in [`stats`].
+//! the translation in [`nat`], route it in [`fwd`], count it in [`stats`];
+//! ICMP errors about a connection are translated with it in [`icmp`].
 //! [`datapath`] strings them together independently of the hook; [`xdp`]
 //! and [`tc`] are the two entry points.
 #![no_std]
@@ -10,6 +11,7 @@
 pub mod conntrack;
 pub mod datapath;
 pub mod fwd;
+pub mod icmp;
 pub mod lb;
 pub mod maps;
 pub mod nat;

@@ -100,6 +100,16 @@ impl Hook for TcHook<'_> {
     fn rewrite(&self, pkt: &Packet, entry: &FlowEntry) -> bool {
         rewrite(self.0, pkt, entry)
     }
+
+    #[inline(always)]
+    fn pull(&self, len: u32) {
+        let (linear, whole) = ((self.data_end() - self.data()) as u32, self.0.len());
+        let len = if len < whole { len } else { whole };
+        if linear < len {
+            // SAFETY: a helper on the program's own skb, within its length.
+            let _ = unsafe { bpf_skb_pull_data(self.0.skb.skb, len) };
+        }
+    }
 }
 
 /// Translates `pkt` as `entry` says: the headers directly, the checksums

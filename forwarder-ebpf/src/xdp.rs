@@ -37,7 +37,14 @@ impl Hook for XdpHook<'_> {
 
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.0.data_end() - self.0.data()
+        // Read apart from `data_end`, so the compiler cannot derive a
+        // bounds check from a length check (`ip_len <= frame_len`) and
+        // drop it: the verifier only trusts comparisons with `data_end`.
+        // SAFETY: reading fields of the kernel's `xdp_md`.
+        unsafe {
+            let ctx = self.0.ctx;
+            (core::ptr::read_volatile(&(*ctx).data_end) - core::ptr::read_volatile(&(*ctx).data)) as usize
+        }
     }
 
     #[inline(always)]
@@ -61,6 +68,10 @@ impl Hook for XdpHook<'_> {
         nat::rewrite(pkt, entry);
         true
     }
+
+    /// An XDP frame is linear (multi-buffer frames are not enabled).
+    #[inline(always)]
+    fn pull(&self, _len: u32) {}
 }
 
 /// The XDP program: the datapath, then the verdict as an XDP action.
