@@ -294,3 +294,103 @@ fn clients_cannot_route_through_the_forwarder_unless_allowed() {
     assert_eq!(lab.client.enter(|| http_get(direct)).unwrap().node, "node1", "routed when allowed");
     forwarder.stop().unwrap();
 }
+
+/// 200 kB uploads (and their echo) through the VIP, in both modes, when
+/// the path to the nodes has a smaller MTU than the client's link: at the
+/// forwarder's own egress (its node-side link at 1280: the datapath answers
+/// with ICMP fragmentation needed), and at a router behind a node (a
+/// backend one hop further, behind a 1200 link: the router's fragmentation
+/// needed, addressed to the SNAT address or the client, is translated back
+/// to the client). The servers advertise an MSS of 1460 whatever their
+/// link (`advmss`), so the client sends full-size segments: without either
+/// answer TCP would retransmit them into a black hole.
+#[test]
+fn uploads_cross_a_smaller_mtu_on_the_way_to_the_nodes() {
+    use forwarder_tests::netns::{Netns, run, unique_name};
+    const ECHO_PORT: u16 = 30090;
+    const BEHIND: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 77, 2);
+    require_root();
+    let lab = Lab::new("fwm", 1).expect("lab");
+    let node = &lab.nodes[0];
+    // Node 1 is also a router, to a backend behind a 1200-byte link.
+    let behind = Netns::create(unique_name("fwm", "b")).unwrap();
+    run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        "inner",
+        "netns",
+        node.ns.name(),
+        "mtu",
+        "1200",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        behind.name(),
+        "mtu",
+        "1200",
+    ]))
+    .unwrap();
+    node.ns.ip("addr add 10.0.77.1/24 dev inner").unwrap();
+    node.ns.ip("link set inner up").unwrap();
+    node.ns.exec("sysctl", "-qw net.ipv4.ip_forward=1").unwrap();
+    behind.ip(&format!("addr add {BEHIND}/24 dev eth0")).unwrap();
+    behind.ip("link set eth0 up").unwrap();
+    behind.ip("route add default via 10.0.77.1 advmss 1460").unwrap();
+    lab.forwarder.ip(&format!("route add 10.0.77.0/24 via {}", node.addr)).unwrap();
+
+    let sent = body(200_000);
+    let cases = [
+        (
+            "the forwarder's egress at 1280",
+            &node.ns,
+            SocketAddrV4::new(node.addr, ECHO_PORT),
+            1280,
+            "frag_needed_sent",
+        ),
+        (
+            "a router behind the node at 1200",
+            &behind,
+            SocketAddrV4::new(BEHIND, ECHO_PORT),
+            1500,
+            "icmp_translated",
+        ),
+    ];
+    for (where_, server_ns, backend, mtu, reason) in cases {
+        lab.forwarder.ip(&format!("link set {LAN_IFACE} mtu {mtu}")).unwrap();
+        // The node sends at most `mtu` (the route's), but advertises 1460.
+        node.ns
+            .ip(&format!(
+                "route replace 10.0.2.0/24 dev eth0 proto kernel scope link src {} mtu {mtu} advmss 1460",
+                node.addr
+            ))
+            .unwrap();
+        node.ns.ip(&format!("route replace default via {FORWARDER_LAN_SIDE} mtu {mtu} advmss 1460")).unwrap();
+        for mode in ["snat", "preserve"] {
+            let text = format!(
+                "snat_ip = \"{FORWARDER_LAN_SIDE}\"\n\n[[service]]\nname = \"echo\"\nvip = \"{VIP}\"\nport = 7\nprotocol = \"tcp\"\nmode = \"{mode}\"\nbackends = [\"{backend}\"]\n"
+            );
+            let path = lab.write_services(&text).unwrap();
+            let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+            // The client starts from its own link's MTU each time.
+            lab.client.ip("route flush cache").unwrap();
+            let server = EchoServer::start(server_ns, backend).unwrap();
+            let back = lab.client.enter(|| echo(SocketAddrV4::new(VIP, 7), &sent));
+            let back = back.unwrap_or_else(|err| panic!("{mode}, {where_}: {err:#}"));
+            assert!(
+                back == sent,
+                "{mode}, {where_}: {} bytes came back, not the {} sent",
+                back.len(),
+                sent.len()
+            );
+            assert_eq!(server.finish().unwrap(), sent.len() as u64, "{mode}, {where_}: echoed");
+            let stats: forwarder::report::Stats =
+                serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
+            let count = |name: &str| stats.reasons.iter().find(|r| r.reason == name).map_or(0, |r| r.packets);
+            assert!(count(reason) > 0, "{mode}, {where_}: {reason} counted: {:?}", stats.reasons);
+            forwarder.stop().unwrap();
+        }
+    }
+}

@@ -40,7 +40,9 @@ pub enum Reason {
     /// The route lookup for the translated packet failed (no route,
     /// blackhole, forwarding disabled...): passed untranslated.
     PassNoRoute,
-    /// The packet is larger than the egress MTU: dropped.
+    /// The packet is larger than the egress MTU and may be fragmented (no
+    /// DF), which the datapath does not do, or the ICMP answer to a DF
+    /// packet could not be built: dropped.
     DropFragNeeded,
     /// The service has no backend with weight above zero: dropped.
     DropNoBackend,
@@ -72,10 +74,14 @@ pub enum Reason {
     /// An ICMP error whose quoted packet belongs to no tracked connection
     /// (or is not addressed to the quoted packet's sender): passed untouched.
     PassIcmpNoFlow,
+    /// Longer than the egress MTU with "don't fragment" set: answered with
+    /// ICMP fragmentation needed (the egress MTU) to its sender. Without
+    /// DF such a packet is `DropFragNeeded`.
+    FragNeededSent,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::PassIcmpNoFlow as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::FragNeededSent as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -102,6 +108,7 @@ impl Reason {
         Reason::DropNotTranslated,
         Reason::IcmpTranslated,
         Reason::PassIcmpNoFlow,
+        Reason::FragNeededSent,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -147,6 +154,7 @@ impl Reason {
             Reason::DropNotTranslated => "drop_not_translated",
             Reason::IcmpTranslated => "icmp_translated",
             Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
+            Reason::FragNeededSent => "frag_needed_sent",
         }
     }
 }

@@ -71,6 +71,89 @@ pub fn translated(old: &Quoted, src: u32, dst: u32, sport: u16, dport: u16) -> C
     Checksums { ip_check, l4_check, icmp_delta: fold(icmp) }
 }
 
+/// What an ICMP error the datapath sends quotes of the packet it is
+/// about: its IP header and the 8 bytes after it (RFC 792's minimum: the
+/// ports, and TCP's sequence number, which Linux checks).
+pub const QUOTE_LEN: usize = 20 + 8;
+/// The length of the IP header and ICMP header before the quote.
+pub const ERROR_HEADERS_LEN: usize = 20 + 8;
+/// TOS of the errors sent: "internetwork control", as Linux sends ICMP errors.
+const ERROR_TOS: u8 = 0xc0;
+const ERROR_TTL: u8 = 64;
+
+/// Writes into `out` the IPv4 and ICMP headers of a "fragmentation
+/// needed" error from `src` to `dst` (wire order) reporting next-hop MTU
+/// `mtu`, about the packet whose first bytes are `quote`: both checksums
+/// computed. Field by field, from scalars: in the datapath `out` is packet
+/// memory, and a header assembled on the BPF stack would be copied with
+/// stores the verifier refuses as misaligned.
+#[inline(always)]
+pub fn write_frag_needed(
+    out: &mut [u8; ERROR_HEADERS_LEN],
+    src: u32,
+    dst: u32,
+    mtu: u16,
+    quote: &[u8; QUOTE_LEN],
+) {
+    const PROTO_ICMP: u8 = 1;
+    let [t0, t1] = ((ERROR_HEADERS_LEN + QUOTE_LEN) as u16).to_be_bytes();
+    let [m0, m1] = mtu.to_be_bytes();
+    let ([s0, s1, s2, s3], [d0, d1, d2, d3]) = (src.to_ne_bytes(), dst.to_ne_bytes());
+    let word = |a: u8, b: u8| u64::from(u16::from_ne_bytes([a, b]));
+    let ip_sum = word(0x45, ERROR_TOS)
+        + word(t0, t1)
+        + word(ERROR_TTL, PROTO_ICMP)
+        + word(s0, s1)
+        + word(s2, s3)
+        + word(d0, d1)
+        + word(d2, d3);
+    let [c0, c1] = (!fold(ip_sum)).to_ne_bytes();
+    let icmp_sum = word(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) + word(m0, m1) + sum_words(quote);
+    let [i0, i1] = (!fold(icmp_sum)).to_ne_bytes();
+    *out = [
+        0x45,
+        ERROR_TOS,
+        t0,
+        t1,
+        0,
+        0,
+        0,
+        0,
+        ERROR_TTL,
+        PROTO_ICMP,
+        c0,
+        c1,
+        s0,
+        s1,
+        s2,
+        s3,
+        d0,
+        d1,
+        d2,
+        d3,
+        ICMP_DEST_UNREACH,
+        ICMP_FRAG_NEEDED,
+        i0,
+        i1,
+        0,
+        0,
+        m0,
+        m1,
+    ];
+}
+
+/// The one's-complement sum (unfolded) of an even number of bytes.
+#[inline(always)]
+fn sum_words<const N: usize>(bytes: &[u8; N]) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u64::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -154,5 +237,37 @@ mod tests {
     fn only_unreachable_and_time_exceeded_are_translated() {
         let translated: Vec<u8> = (0..=255u8).filter(|t| quotes_a_packet(*t)).collect();
         assert_eq!(translated, [ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED]);
+    }
+
+    /// The headers match an error etherparse builds and checksums itself.
+    #[test]
+    fn frag_needed_headers_match_a_from_scratch_build() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        for _ in 0..200 {
+            let (src, dst): ([u8; 4], [u8; 4]) = (rng.random(), rng.random());
+            let mtu: u16 = rng.random_range(68..9000);
+            let quote: [u8; QUOTE_LEN] = core::array::from_fn(|_| rng.random());
+            let mut got = [0u8; ERROR_HEADERS_LEN];
+            write_frag_needed(&mut got, u32::from_ne_bytes(src), u32::from_ne_bytes(dst), mtu, &quote);
+            let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu,
+            });
+            let icmp = Icmpv4Header::with_checksum(kind, &quote);
+            let mut ip = etherparse::Ipv4Header::new(
+                (icmp.header_len() + QUOTE_LEN) as u16,
+                64,
+                etherparse::IpNumber::ICMP,
+                src,
+                dst,
+            )
+            .unwrap();
+            ip.dont_fragment = false;
+            ip.dscp = etherparse::Ipv4Dscp::try_new(0xc0 >> 2).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            let mut want = Vec::new();
+            ip.write_raw(&mut want).unwrap();
+            icmp.write(&mut want).unwrap();
+            assert_eq!(got.to_vec(), want);
+        }
     }
 }

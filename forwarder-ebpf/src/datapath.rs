@@ -13,7 +13,7 @@ use crate::{
     fwd::{self, Route},
     icmp, lb, nat,
     parse::{Packet, parse},
-    stats,
+    pmtu, stats,
 };
 
 /// What a hook gives the core.
@@ -42,6 +42,9 @@ pub trait Hook {
     /// directly readable, where the hook may hold less (an skb's linear
     /// area). Invalidates pointers into the packet.
     fn pull(&self, len: u32);
+    /// Cuts the frame to its first `len` bytes and makes them directly
+    /// writable; false if it could not. Invalidates pointers into the packet.
+    fn shrink(&self, len: u32) -> bool;
 }
 
 /// What to do with the packet.
@@ -115,13 +118,16 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         }
         _ => {
             let route = fwd::route(hook.ctx(), ingress, &pkt, wire_len, &entry)?;
+            if let Route::TooBig { mtu } = route {
+                return too_big(hook, &pkt, mtu);
+            }
             match &route {
                 Route::Via(hop) => conntrack::record(&pkt.key, pkt.seen, now, Some((*hop, wire_len))),
                 Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
                     conntrack::record(&pkt.key, pkt.seen, now, None)
                 }
                 // The TC program translates (and records) it.
-                Route::NoNeigh { .. } => {}
+                Route::NoNeigh { .. } | Route::TooBig { .. } => {}
             }
             route
         }
@@ -154,7 +160,26 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             stats::reason(Reason::HandedToTc);
             Ok(Verdict::HandToNeighHook)
         }
+        Route::TooBig { mtu } => too_big(hook, &pkt, mtu),
     }
+}
+
+/// A packet longer than its egress MTU: with DF, answered with ICMP
+/// "fragmentation needed" (see `pmtu`); without, dropped (fragmenting is
+/// not done).
+#[inline(always)]
+fn too_big<H: Hook>(hook: &H, pkt: &Packet, mtu: u16) -> Result<Verdict, Reason> {
+    if !pkt.dont_fragment() || !pmtu::answer(hook, pkt, mtu) {
+        return Err(Reason::DropFragNeeded);
+    }
+    stats::reason(Reason::FragNeededSent);
+    // Redirected to the ingress interface rather than sent with XDP_TX: a
+    // veth hands XDP_TX frames to a peer without an XDP program of its own
+    // but does not wake it, so the answer would wait for the next
+    // redirected packet (measured: ten seconds of a stalled upload); a
+    // redirect flushes.
+    stats::reason(Reason::Redirect);
+    Ok(Verdict::Redirect(hook.ingress_ifindex()))
 }
 
 /// A packet without a usable flow: if it is for a service, start a connection.

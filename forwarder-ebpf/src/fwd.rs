@@ -26,6 +26,8 @@ pub enum Route {
     Via(NextHop),
     /// Out of `ifindex` to `nexthop`, whose MAC the kernel does not know yet.
     NoNeigh { ifindex: u32, nexthop: u32 },
+    /// Longer than the egress MTU, `mtu`.
+    TooBig { mtu: u16 },
 }
 
 /// What a route is looked up for: the packet as it will leave.
@@ -100,7 +102,10 @@ pub fn lookup(ctx: *mut c_void, ingress: u32, query: &Query) -> Result<Route, Re
             // SAFETY: the helper wrote the next hop (gateway or destination) here.
             nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
         }),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Reason::DropFragNeeded),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Route::TooBig {
+            // SAFETY: on this answer the helper wrote the egress MTU here.
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
+        }),
         _ => Err(Reason::PassNoRoute),
     }
 }

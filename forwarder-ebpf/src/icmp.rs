@@ -191,6 +191,8 @@ pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             stats::reason(Reason::HandedToTc);
             return Ok(Verdict::HandToNeighHook);
         }
+        // No error about an error (RFC 1122); quotes are short anyway.
+        Route::TooBig { .. } => return Err(Reason::DropFragNeeded),
     };
     // The quoted packet as its sender sent it: the answer's destination
     // and port are its source, the answer's source its destination.

@@ -3,7 +3,8 @@
 //! Modules follow the packet: [`parse`] the headers, look the flow up in
 //! [`conntrack`], or find its service and pick a backend in [`lb`], create
 //! the translation in [`nat`], route it in [`fwd`], count it in [`stats`];
-//! ICMP errors about a connection are translated with it in [`icmp`].
+//! ICMP errors about a connection are translated with it in [`icmp`];
+//! packets too big for their egress are answered in [`pmtu`].
 //! [`datapath`] strings them together independently of the hook; [`xdp`]
 //! and [`tc`] are the two entry points.
 #![no_std]
@@ -16,6 +17,7 @@ pub mod lb;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod pmtu;
 pub mod stats;
 pub mod tc;
 pub mod xdp;

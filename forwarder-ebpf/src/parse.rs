@@ -13,6 +13,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 const ETH_P_IP: u16 = 0x0800u16.to_be();
 /// "More fragments" flag and fragment offset, in wire order.
 const IP_FRAGMENT_BITS: u16 = 0x3fffu16.to_be();
+/// "Don't fragment", in wire order.
+const IP_DONT_FRAGMENT: u16 = 0x4000u16.to_be();
 const IPV4_NO_OPTIONS: u8 = 0x45;
 
 /// Offsets in a TCP or UDP header.
@@ -64,6 +66,13 @@ impl Packet {
     pub fn ttl(&self) -> u8 {
         // SAFETY: `ip` was bounds-checked by `parse`.
         unsafe { (*self.ip).ttl }
+    }
+
+    /// Whether the sender forbade fragmentation (DF).
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        // SAFETY: as above.
+        u16::from_ne_bytes(unsafe { (*self.ip).frags }) & IP_DONT_FRAGMENT != 0
     }
 
     #[inline(always)]

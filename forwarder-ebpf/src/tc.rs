@@ -24,7 +24,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_pull_data,
+        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_pull_data,
     },
     programs::TcContext,
 };
@@ -109,6 +109,17 @@ impl Hook for TcHook<'_> {
             // SAFETY: a helper on the program's own skb, within its length.
             let _ = unsafe { bpf_skb_pull_data(self.0.skb.skb, len) };
         }
+    }
+
+    /// Trims the skb (which also drops its GSO state) and pulls what is
+    /// left into the linear area. A `CHECKSUM_PARTIAL` skb (from a local
+    /// sender on a veth or tap) keeps that state: what is made of it goes
+    /// back over the same link to that sender, which trusts such checksums.
+    #[inline(always)]
+    fn shrink(&self, len: u32) -> bool {
+        let skb = self.0.skb.skb;
+        // SAFETY: helpers on the program's own skb.
+        unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 }
     }
 }
 

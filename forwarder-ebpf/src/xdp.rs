@@ -4,7 +4,7 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
+    helpers::{bpf_redirect, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use forwarder_common::{
@@ -72,6 +72,13 @@ impl Hook for XdpHook<'_> {
     /// An XDP frame is linear (multi-buffer frames are not enabled).
     #[inline(always)]
     fn pull(&self, _len: u32) {}
+
+    #[inline(always)]
+    fn shrink(&self, len: u32) -> bool {
+        let by = len as i32 - (self.0.data_end() - self.0.data()) as i32;
+        // SAFETY: the helper checks the new length against the frame.
+        by <= 0 && unsafe { bpf_xdp_adjust_tail(self.0.ctx, by) } == 0
+    }
 }
 
 /// The XDP program: the datapath, then the verdict as an XDP action.
