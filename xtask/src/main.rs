@@ -9,6 +9,7 @@ mod bpffs;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod install;
 mod run;
 mod setup;
@@ -29,6 +30,7 @@ enum Command {
     Run(run::Run),
     Test(test::Test),
     Bench(bench::Bench),
+    Fuzz(fuzz::Fuzz),
     Demo(demo::Demo),
     Install(install::Install),
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Run(cmd) => cmd.execute(),
         Command::Test(cmd) => cmd.execute(),
         Command::Bench(cmd) => cmd.execute(),
+        Command::Fuzz(cmd) => cmd.execute(),
         Command::Demo(cmd) => cmd.execute(),
         Command::Install(cmd) => cmd.execute(),
     };
