@@ -33,7 +33,9 @@ pub enum Reason {
     PassMalformed,
     /// IPv4 header with options: passed untranslated.
     PassIpOptions,
-    /// IPv4 fragment: passed untranslated.
+    /// A later fragment (offset above zero) of a datagram whose first
+    /// fragment was not translated (not ours, lost, or not here yet), or
+    /// a fragment with IP options: passed untouched.
     PassFragment,
     /// TTL would reach zero: passed so the kernel can answer with ICMP.
     PassTtlExpired,
@@ -78,10 +80,13 @@ pub enum Reason {
     /// ICMP fragmentation needed (the egress MTU) to its sender. Without
     /// DF such a packet is `DropFragNeeded`.
     FragNeededSent,
+    /// A later fragment of a datagram whose first fragment was translated:
+    /// translated the same way (addresses) and forwarded.
+    FragmentTranslated,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::FragNeededSent as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::FragmentTranslated as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -109,6 +114,7 @@ impl Reason {
         Reason::IcmpTranslated,
         Reason::PassIcmpNoFlow,
         Reason::FragNeededSent,
+        Reason::FragmentTranslated,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -155,6 +161,7 @@ impl Reason {
             Reason::IcmpTranslated => "icmp_translated",
             Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
             Reason::FragNeededSent => "frag_needed_sent",
+            Reason::FragmentTranslated => "fragment_translated",
         }
     }
 }

@@ -227,6 +227,45 @@ pub struct Backend {
     pub id: u32,
 }
 
+/// `FRAGMENTS` capacity: datagrams whose later fragments are awaited at
+/// once. An LRU: a flood of first fragments displaces the oldest.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
+/// How long a first fragment's translation waits for the rest (Linux's
+/// `ipfrag_time`): later ones are passed untouched.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// `FRAGMENTS` key: what the fragments of one datagram share (RFC 791),
+/// as they arrive, in wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `FRAGMENTS` value: the translation the first fragment got, for the
+/// later ones (which carry no ports), and whose traffic they are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentEntry {
+    pub new_src: u32,
+    pub new_dst: u32,
+    /// The IPv4 header checksum delta: addresses and TTL.
+    pub ip_csum_delta: u16,
+    /// The flags of the connection's entry (`FLAG_REPLY`: the direction).
+    pub flags: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad2: u32,
+    pub created_ns: u64,
+}
+
+const _: () = assert!(size_of::<FragmentKey>() == 12 && size_of::<FragmentEntry>() == 32);
+
 /// `FLOWS` key: a packet's 5-tuple as it arrives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -404,6 +443,10 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for FlowEntry {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
+    unsafe impl aya::Pod for FragmentKey {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
+    unsafe impl aya::Pod for FragmentEntry {}
     // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for Settings {}
 }

@@ -7,9 +7,10 @@
 use core::ffi::c_void;
 
 use forwarder_common::{counters::Reason, hash::flow_hash, maps::FlowEntry};
+use network_types::eth::EthHdr;
 
 use crate::{
-    conntrack,
+    conntrack, frag,
     fwd::{self, Route},
     icmp, lb, nat,
     parse::{Packet, parse},
@@ -82,6 +83,7 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
 fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let pkt = match parse(hook.data(), hook.data_end(), hook.frame_len()) {
         Err(Reason::PassNotTcpUdp) => return icmp::translate(hook),
+        Err(Reason::PassFragment) => return frag::translate_later(hook),
         parsed => parsed?,
     };
     let now = conntrack::now_ns();
@@ -136,6 +138,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Route::Via(hop) => {
             // SAFETY: `eth` was bounds-checked by `parse`.
             unsafe { fwd::set_macs(pkt.eth, &hop) };
+            if pkt.first_fragment() {
+                frag::remember(&pkt, &entry, now);
+            }
             if !hook.rewrite(&pkt, &entry) {
                 return Err(Reason::DropRedirectFailed);
             }
@@ -149,6 +154,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
+            if pkt.first_fragment() {
+                frag::remember(&pkt, &entry, now);
+            }
             if !hook.rewrite(&pkt, &entry) {
                 return Err(Reason::DropRedirectFailed);
             }
@@ -198,4 +206,38 @@ fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
     let entry = nat::create(pkt, &service, &backend, hash, now)?;
     stats::new_flow(&entry);
     Ok(entry)
+}
+
+/// How a packet translated outside a connection's own path (an ICMP
+/// error, a later fragment) leaves by `route`: the MACs set for a known
+/// next hop and the way counted. `HandToNeighHook` means: leave it
+/// untouched for TC. A packet too big is dropped: it is neither an error
+/// to answer with an error (RFC 1122) nor one the datapath fragments.
+///
+/// # Safety
+/// `eth` must point to the packet's bounds-checked Ethernet header.
+#[inline(always)]
+pub unsafe fn leave<H: Hook>(route: Route, eth: *mut EthHdr, ingress: u32) -> Result<Verdict, Reason> {
+    Ok(match route {
+        Route::Via(hop) => {
+            // SAFETY: as the caller promised.
+            unsafe { fwd::set_macs(eth, &hop) };
+            if hop.ifindex == ingress {
+                stats::reason(Reason::TxSameInterface);
+                Verdict::Tx
+            } else {
+                stats::reason(Reason::Redirect);
+                Verdict::Redirect(hop.ifindex)
+            }
+        }
+        Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
+            stats::reason(Reason::RedirectNeigh);
+            Verdict::RedirectNeigh { ifindex, nexthop }
+        }
+        Route::NoNeigh { .. } => {
+            stats::reason(Reason::HandedToTc);
+            Verdict::HandToNeighHook
+        }
+        Route::TooBig { .. } => return Err(Reason::DropFragNeeded),
+    })
 }

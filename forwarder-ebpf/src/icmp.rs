@@ -26,8 +26,8 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     conntrack,
-    datapath::{Hook, Verdict},
-    fwd::{self, Query, Route},
+    datapath::{self, Hook, Verdict},
+    fwd::{self, Query},
     stats,
 };
 
@@ -171,29 +171,11 @@ pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Query { proto: PROTO_ICMP, tos, src: new_src, dst: new_dst, sport: 0, dport: 0, len: err.ip_len };
     let ingress = hook.ingress_ifindex();
     let route = fwd::lookup(hook.ctx(), ingress, &query)?;
-    let verdict = match route {
-        Route::Via(hop) => {
-            // SAFETY: `eth` was bounds-checked by `parse`.
-            unsafe { fwd::set_macs(err.eth, &hop) };
-            if hop.ifindex == ingress {
-                stats::reason(Reason::TxSameInterface);
-                Verdict::Tx
-            } else {
-                stats::reason(Reason::Redirect);
-                Verdict::Redirect(hop.ifindex)
-            }
-        }
-        Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
-            stats::reason(Reason::RedirectNeigh);
-            Verdict::RedirectNeigh { ifindex, nexthop }
-        }
-        Route::NoNeigh { .. } => {
-            stats::reason(Reason::HandedToTc);
-            return Ok(Verdict::HandToNeighHook);
-        }
-        // No error about an error (RFC 1122); quotes are short anyway.
-        Route::TooBig { .. } => return Err(Reason::DropFragNeeded),
-    };
+    // SAFETY: `eth` was bounds-checked by `parse`.
+    let verdict = unsafe { datapath::leave::<H>(route, err.eth, ingress)? };
+    if let Verdict::HandToNeighHook = verdict {
+        return Ok(verdict);
+    }
     // The quoted packet as its sender sent it: the answer's destination
     // and port are its source, the answer's source its destination.
     let sums = translated(&quoted, entry.new_dst, entry.new_src, entry.new_dport, entry.new_sport);

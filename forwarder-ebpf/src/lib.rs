@@ -4,13 +4,15 @@
 //! [`conntrack`], or find its service and pick a backend in [`lb`], create
 //! the translation in [`nat`], route it in [`fwd`], count it in [`stats`];
 //! ICMP errors about a connection are translated with it in [`icmp`];
-//! packets too big for their egress are answered in [`pmtu`].
+//! packets too big for their egress are answered in [`pmtu`]; later
+//! fragments follow their first in [`frag`].
 //! [`datapath`] strings them together independently of the hook; [`xdp`]
 //! and [`tc`] are the two entry points.
 #![no_std]
 
 pub mod conntrack;
 pub mod datapath;
+pub mod frag;
 pub mod fwd;
 pub mod icmp;
 pub mod lb;

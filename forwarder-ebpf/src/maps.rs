@@ -9,8 +9,9 @@ use forwarder_common::{
     counters::{REASON_COUNT, Traffic},
     maps::{
         BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
-        DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, MAGLEV_INNER_FLAGS,
-        MAGLEV_TEMPLATE_LEN, MAX_SOURCE_PREFIXES, ServiceEntry, ServiceKey, Settings, backend_entries,
+        DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
+        MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_PREFIXES, ServiceEntry,
+        ServiceKey, Settings, backend_entries,
     },
 };
 
@@ -46,6 +47,11 @@ pub static MAGLEV: HashOfMaps<
 /// Tracked connections, two entries each (see `forwarder_common::conntrack`).
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry, MAX_FLOWS> = LruHashMap::new();
+
+/// First fragments translated, for their datagrams' later fragments (see `frag`).
+#[btf_map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry, { MAX_FRAGMENTED_DATAGRAMS as usize }> =
+    LruHashMap::new();
 
 #[btf_map]
 pub static SERVICE_TRAFFIC: PerCpuArray<Traffic, MAX_SERVICES> = PerCpuArray::new();

@@ -11,8 +11,10 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// EtherType of IPv4, in wire order.
 const ETH_P_IP: u16 = 0x0800u16.to_be();
-/// "More fragments" flag and fragment offset, in wire order.
-const IP_FRAGMENT_BITS: u16 = 0x3fffu16.to_be();
+/// The fragment offset, in wire order.
+pub const IP_OFFSET_BITS: u16 = 0x1fffu16.to_be();
+/// "More fragments", in wire order.
+const IP_MORE_FRAGMENTS: u16 = 0x2000u16.to_be();
 /// "Don't fragment", in wire order.
 const IP_DONT_FRAGMENT: u16 = 0x4000u16.to_be();
 const IPV4_NO_OPTIONS: u8 = 0x45;
@@ -66,6 +68,13 @@ impl Packet {
     pub fn ttl(&self) -> u8 {
         // SAFETY: `ip` was bounds-checked by `parse`.
         unsafe { (*self.ip).ttl }
+    }
+
+    /// Whether this is the first fragment of a datagram with more to come.
+    #[inline(always)]
+    pub fn first_fragment(&self) -> bool {
+        // SAFETY: `ip` was bounds-checked by `parse`.
+        u16::from_ne_bytes(unsafe { (*self.ip).frags }) & IP_MORE_FRAGMENTS != 0
     }
 
     /// Whether the sender forbade fragmentation (DF).
@@ -122,7 +131,9 @@ pub fn parse(data: usize, data_end: usize, frame_len: usize) -> Result<Packet, R
         PROTO_UDP => (UDP_HDR_LEN, UDP_CHECK),
         _ => return Err(Reason::PassNotTcpUdp),
     };
-    if u16::from_ne_bytes(unsafe { (*ip).frags }) & IP_FRAGMENT_BITS != 0 {
+    // A first fragment carries the ports and is translated like any
+    // packet (see `frag`); later ones are `frag`'s alone.
+    if u16::from_ne_bytes(unsafe { (*ip).frags }) & IP_OFFSET_BITS != 0 {
         return Err(Reason::PassFragment);
     }
     let ip_len = u16::from_be_bytes(unsafe { (*ip).tot_len });

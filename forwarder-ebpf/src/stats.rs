@@ -34,9 +34,16 @@ fn add(traffic: Option<*mut Traffic>, reply: bool, bytes: u64) {
 /// service and backend.
 #[inline(always)]
 pub fn forwarded(entry: &FlowEntry, bytes: u16) {
-    let reply = entry.flags & FLAG_REPLY != 0;
-    add(SERVICE_TRAFFIC.get_ptr_mut(entry.service_id), reply, u64::from(bytes));
-    add(BACKEND_TRAFFIC.get_ptr_mut(entry.backend_id), reply, u64::from(bytes));
+    traffic(entry.service_id, entry.backend_id, entry.flags, bytes);
+}
+
+/// Counts one forwarded packet of `bytes` against a service and backend,
+/// in the direction `flags` (an entry's) says.
+#[inline(always)]
+pub fn traffic(service_id: u32, backend_id: u32, flags: u8, bytes: u16) {
+    let reply = flags & FLAG_REPLY != 0;
+    add(SERVICE_TRAFFIC.get_ptr_mut(service_id), reply, u64::from(bytes));
+    add(BACKEND_TRAFFIC.get_ptr_mut(backend_id), reply, u64::from(bytes));
 }
 
 #[inline(always)]
