@@ -374,6 +374,8 @@ fn uploads_cross_a_smaller_mtu_on_the_way_to_the_nodes() {
             );
             let path = lab.write_services(&text).unwrap();
             let forwarder = lab.start_forwarder(&path, &[]).unwrap();
+            // Counters outlive restarts (pinned).
+            let before = reason_count(&lab, reason);
             // The client starts from its own link's MTU each time.
             lab.client.ip("route flush cache").unwrap();
             let server = EchoServer::start(server_ns, backend).unwrap();
@@ -386,10 +388,8 @@ fn uploads_cross_a_smaller_mtu_on_the_way_to_the_nodes() {
                 sent.len()
             );
             assert_eq!(server.finish().unwrap(), sent.len() as u64, "{mode}, {where_}: echoed");
-            let stats: forwarder::report::Stats =
-                serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
-            let count = |name: &str| stats.reasons.iter().find(|r| r.reason == name).map_or(0, |r| r.packets);
-            assert!(count(reason) > 0, "{mode}, {where_}: {reason} counted: {:?}", stats.reasons);
+            let counted = reason_count(&lab, reason) - before;
+            assert!(counted > 0, "{mode}, {where_}: {reason} counted");
             forwarder.stop().unwrap();
         }
     }
@@ -412,7 +412,7 @@ fn fragmented_udp_datagrams_arrive_whole_and_get_their_reply_in_both_modes() {
         let path = lab.write_services(&(services(mode, &[0, 1]) + &service)).unwrap();
         let forwarder = lab.start_forwarder(&path, &[]).unwrap();
         // Counters outlive restarts (pinned).
-        let before = fragments_translated(&lab);
+        let before = reason_count(&lab, "fragment_translated");
         // An echo on every node, answering each datagram with itself.
         let servers: Vec<UdpSocket> = lab
             .nodes
@@ -462,13 +462,14 @@ fn fragmented_udp_datagrams_arrive_whole_and_get_their_reply_in_both_modes() {
         );
         // With the UDP header, 3,008 bytes are 3 fragments of at most 1,480
         // and 9,008 are 7, each way; the first ones are translated as packets.
-        let translated = fragments_translated(&lab) - before;
+        let translated = reason_count(&lab, "fragment_translated") - before;
         assert_eq!(translated, 2 * (2 + 6), "{mode}: later fragments translated");
         forwarder.stop().unwrap();
     }
 }
 
-fn fragments_translated(lab: &Lab) -> u64 {
+/// The daemon's count of packets under `reason`.
+fn reason_count(lab: &Lab, reason: &str) -> u64 {
     let stats: forwarder::report::Stats = serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
-    stats.reasons.iter().find(|r| r.reason == "fragment_translated").map_or(0, |r| r.packets)
+    stats.reasons.iter().find(|r| r.reason == reason).map_or(0, |r| r.packets)
 }

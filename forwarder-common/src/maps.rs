@@ -260,7 +260,8 @@ pub struct FragmentEntry {
     pub _pad: u8,
     pub service_id: u32,
     pub backend_id: u32,
-    pub _pad2: u32,
+    /// The interface the first fragment came in on: later ones must too.
+    pub ingress: u32,
     pub created_ns: u64,
 }
 

@@ -138,11 +138,12 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Route::Via(hop) => {
             // SAFETY: `eth` was bounds-checked by `parse`.
             unsafe { fwd::set_macs(pkt.eth, &hop) };
-            if pkt.first_fragment() {
-                frag::remember(&pkt, &entry, now);
-            }
+            let first = pkt.first_fragment().then(|| frag::first(&pkt, &entry, now, ingress));
             if !hook.rewrite(&pkt, &entry) {
                 return Err(Reason::DropRedirectFailed);
+            }
+            if let Some(first) = &first {
+                frag::remember(first);
             }
             stats::forwarded(&entry, pkt.ip_len);
             if hop.ifindex == ingress {
@@ -154,11 +155,12 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
-            if pkt.first_fragment() {
-                frag::remember(&pkt, &entry, now);
-            }
+            let first = pkt.first_fragment().then(|| frag::first(&pkt, &entry, now, ingress));
             if !hook.rewrite(&pkt, &entry) {
                 return Err(Reason::DropRedirectFailed);
+            }
+            if let Some(first) = &first {
+                frag::remember(first);
             }
             stats::forwarded(&entry, pkt.ip_len);
             stats::reason(Reason::RedirectNeigh);
@@ -177,7 +179,10 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
 /// not done).
 #[inline(always)]
 fn too_big<H: Hook>(hook: &H, pkt: &Packet, mtu: u16) -> Result<Verdict, Reason> {
-    if !pkt.dont_fragment() || !pmtu::answer(hook, pkt, mtu) {
+    // Never an answer to a source that is no host (RFC 1122 3.2.2).
+    let sender = u32::from_be(pkt.key.src);
+    let unicast = sender != 0 && sender >> 28 != 0xe && sender != u32::MAX;
+    if !pkt.dont_fragment() || !unicast || !pmtu::answer(hook, pkt, mtu) {
         return Err(Reason::DropFragNeeded);
     }
     stats::reason(Reason::FragNeededSent);

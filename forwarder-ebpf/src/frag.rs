@@ -9,7 +9,8 @@
 //!
 //! A later fragment whose first fragment was not translated here (not a
 //! VIP's, lost, reordered ahead of it, or remembered more than
-//! `FRAGMENT_TIMEOUT_NS` ago) goes to the kernel untouched, as before:
+//! `FRAGMENT_TIMEOUT_NS` ago, or arriving on another interface than the
+//! first) goes to the kernel untouched, as before:
 //! for a VIP the datagram is lost, as on any path that reorders
 //! fragments past a stateful middlebox. `FRAGMENTS` is an LRU of
 //! `MAX_FRAGMENTED_DATAGRAMS` entries.
@@ -33,10 +34,11 @@ use crate::{
 
 const IPV4_NO_OPTIONS: u8 = 0x45;
 
-/// Remembers the translation of `pkt`, a first fragment, for the rest of
-/// its datagram. Before the rewrite: TC's helpers invalidate `pkt`.
+/// What to remember of `pkt`, a first fragment arriving on `ingress`,
+/// for the rest of its datagram: taken before the rewrite (TC's helpers
+/// invalidate `pkt`), stored with [`remember`] once it succeeded.
 #[inline(always)]
-pub fn remember(pkt: &Packet, entry: &FlowEntry, now: u64) {
+pub fn first(pkt: &Packet, entry: &FlowEntry, now: u64, ingress: u32) -> (FragmentKey, FragmentEntry) {
     // SAFETY: `ip` was bounds-checked by `parse`.
     let id = u16::from_ne_bytes(unsafe { (*pkt.ip).id });
     let key = FragmentKey { src: pkt.key.src, dst: pkt.key.dst, id, proto: pkt.key.proto, _pad: 0 };
@@ -48,10 +50,15 @@ pub fn remember(pkt: &Packet, entry: &FlowEntry, now: u64) {
         _pad: 0,
         service_id: entry.service_id,
         backend_id: entry.backend_id,
-        _pad2: 0,
+        ingress,
         created_ns: now,
     };
-    let _ = FRAGMENTS.insert(key, value, u64::from(BPF_ANY));
+    (key, value)
+}
+
+#[inline(always)]
+pub fn remember(first: &(FragmentKey, FragmentEntry)) {
+    let _ = FRAGMENTS.insert(first.0, first.1, u64::from(BPF_ANY));
 }
 
 /// Translates and forwards a later fragment of a remembered datagram, or
@@ -81,7 +88,9 @@ pub fn translate_later<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Some(found) => unsafe { *found },
         None => return Err(Reason::PassFragment),
     };
-    if now.saturating_sub(entry.created_ns) > FRAGMENT_TIMEOUT_NS {
+    let ingress = hook.ingress_ifindex();
+    // From elsewhere, a spoofed fragment would join another's datagram.
+    if now.saturating_sub(entry.created_ns) > FRAGMENT_TIMEOUT_NS || entry.ingress != ingress {
         return Err(Reason::PassFragment);
     }
     if ip.ttl <= 1 {
@@ -96,7 +105,6 @@ pub fn translate_later<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         dport: 0,
         len: ip_len,
     };
-    let ingress = hook.ingress_ifindex();
     let route = fwd::lookup(hook.ctx(), ingress, &query)?;
     // SAFETY: `eth` was bounds-checked above.
     let verdict = unsafe { datapath::leave::<H>(route, eth, ingress)? };

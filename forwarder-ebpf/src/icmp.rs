@@ -17,9 +17,10 @@
 //! errors about nothing tracked) goes on untouched.
 
 use forwarder_common::{
+    conntrack::{FLAG_REPLY, FLAG_SNAT},
     counters::Reason,
     csum,
-    icmp::{Quoted, quotes_a_packet, translated},
+    icmp::{ICMP_FRAG_NEEDED, Quoted, quotes_a_packet, translated},
     maps::{FlowEntry, FlowKey, PROTO_TCP, PROTO_UDP},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -28,6 +29,8 @@ use crate::{
     conntrack,
     datapath::{self, Hook, Verdict},
     fwd::{self, Query},
+    lb,
+    maps::FLOWS,
     stats,
 };
 
@@ -49,6 +52,8 @@ const MIN_IP_LEN: usize = Ipv4Hdr::LEN + 8 + Ipv4Hdr::LEN + 8;
 pub const PULL_LEN: u32 = (QUOTED_TCP_CHECK_AT + 2) as u32;
 
 const IPV4_NO_OPTIONS: u8 = 0x45;
+/// The lowest next-hop MTU a client may report to a node in snat mode.
+const SHARED_MTU_FLOOR: u16 = 1280;
 /// "More fragments" flag and fragment offset, in wire order.
 const IP_FRAGMENT_BITS: u16 = 0x3fffu16.to_be();
 /// The fragment offset alone, in wire order: a first fragment quotes its ports.
@@ -66,6 +71,9 @@ struct Error {
     l4_check: Option<*mut [u8; 2]>,
     proto: u8,
     ip_len: u16,
+    /// ICMP code and, for fragmentation needed, the next-hop MTU.
+    code: u8,
+    mtu: u16,
 }
 
 #[inline(always)]
@@ -110,7 +118,11 @@ fn parse<H: Hook>(hook: &H) -> Result<Error, Reason> {
     let check_at = if quoted_proto == PROTO_TCP { QUOTED_TCP_CHECK_AT } else { QUOTED_UDP_CHECK_AT };
     let l4_check =
         if ip_len as usize >= check_at + 2 - EthHdr::LEN { at(data, data_end, check_at) } else { None };
+    let code: u8 = unsafe { *at::<u8>(data, data_end, ICMP_AT + 1).ok_or(Reason::PassMalformed)? };
+    let mtu: [u8; 2] = unsafe { *at::<[u8; 2]>(data, data_end, ICMP_AT + 6).ok_or(Reason::PassMalformed)? };
     Ok(Error {
+        code,
+        mtu: u16::from_be_bytes(mtu),
         eth: at(data, data_end, 0).ok_or(Reason::PassMalformed)?,
         outer,
         icmp_check: at(data, data_end, ICMP_CHECK_AT).ok_or(Reason::PassMalformed)?,
@@ -120,6 +132,38 @@ fn parse<H: Hook>(hook: &H) -> Result<Error, Reason> {
         proto: quoted_proto,
         ip_len,
     })
+}
+
+/// The cheap checks before `Hook::pull`, which copies a cloned skb: an
+/// ICMP type that quotes a packet. Within what `tc::run_all` pulled.
+#[inline(always)]
+fn worth_a_look<H: Hook>(hook: &H) -> Result<(), Reason> {
+    let (data, data_end) = (hook.data(), hook.data_end());
+    let outer: *mut Ipv4Hdr = at(data, data_end, EthHdr::LEN).ok_or(Reason::PassMalformed)?;
+    // SAFETY: bounds-checked above, and the type just below.
+    if unsafe { (*outer).proto } != PROTO_ICMP {
+        return Err(Reason::PassNotTcpUdp);
+    }
+    match at::<u8>(data, data_end, ICMP_AT) {
+        Some(icmp_type) if quotes_a_packet(unsafe { *icmp_type }) => Ok(()),
+        Some(_) => Err(Reason::PassNotTcpUdp),
+        None => Err(Reason::PassMalformed),
+    }
+}
+
+/// Whether an error about the packets of `entry`'s peer (keyed `key`)
+/// arrived on the interface those packets left by, when known: a host on
+/// the other side cannot pose as a router on this one.
+#[inline(always)]
+fn from_where_it_went(key: &FlowKey, entry: &FlowEntry, ingress: u32) -> bool {
+    match FLOWS.get_ptr(entry.peer_key(key.proto)) {
+        // SAFETY: a map value pointer from the lookup helper, read at once.
+        Some(peer) => {
+            let left_by = unsafe { (*peer).hop.ifindex };
+            left_by == 0 || left_by == ingress
+        }
+        None => true,
+    }
 }
 
 #[inline(always)]
@@ -132,6 +176,7 @@ fn word(p: *const [u8; 2]) -> u16 {
 /// says why the packet is passed.
 #[inline(always)]
 pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
+    worth_a_look(hook)?;
     hook.pull(PULL_LEN);
     let err = parse(hook)?;
     // SAFETY: every pointer in `err` was bounds-checked by `parse`.
@@ -160,6 +205,22 @@ pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Some(found) if outer_dst == quoted.src => unsafe { *found },
         _ => return Err(Reason::PassIcmpNoFlow),
     };
+    let ingress = hook.ingress_ifindex();
+    if conntrack::expired(&key, &entry, conntrack::now_ns()) || !from_where_it_went(&key, &entry, ingress) {
+        return Err(Reason::PassIcmpNoFlow);
+    }
+    if entry.flags & FLAG_REPLY == 0 {
+        // Towards a node: only from where the service takes clients, and
+        // in snat mode no path MTU below IPv6's minimum, which the node
+        // would apply to the SNAT address every client shares.
+        let service = lb::service(&FlowKey::new(outer_src, quoted.src, 0, quoted.sport, err.proto));
+        if service.is_some_and(|service| !lb::source_allowed(&service, outer_src)) {
+            return Err(Reason::DropSourceNotAllowed);
+        }
+        if entry.flags & FLAG_SNAT != 0 && err.code == ICMP_FRAG_NEEDED && err.mtu < SHARED_MTU_FLOOR {
+            return Err(Reason::PassIcmpNoFlow);
+        }
+    }
     if ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
@@ -169,7 +230,6 @@ pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let new_dst = entry.new_dst;
     let query =
         Query { proto: PROTO_ICMP, tos, src: new_src, dst: new_dst, sport: 0, dport: 0, len: err.ip_len };
-    let ingress = hook.ingress_ifindex();
     let route = fwd::lookup(hook.ctx(), ingress, &query)?;
     // SAFETY: `eth` was bounds-checked by `parse`.
     let verdict = unsafe { datapath::leave::<H>(route, err.eth, ingress)? };
