@@ -28,11 +28,9 @@ use crate::{
     datapath::{self, Hook, Verdict},
     fwd::{self, Query},
     maps::FRAGMENTS,
-    parse::Packet,
+    parse::{IPV4_NO_OPTIONS, Packet},
     stats,
 };
-
-const IPV4_NO_OPTIONS: u8 = 0x45;
 
 /// What to remember of `pkt`, a first fragment arriving on `ingress`,
 /// for the rest of its datagram: taken before the rewrite (TC's helpers

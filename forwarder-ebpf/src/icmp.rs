@@ -31,6 +31,7 @@ use crate::{
     fwd::{self, Query},
     lb,
     maps::FLOWS,
+    parse::{IP_FRAGMENT_BITS, IP_OFFSET_BITS, IPV4_NO_OPTIONS},
     stats,
 };
 
@@ -51,13 +52,8 @@ const MIN_IP_LEN: usize = Ipv4Hdr::LEN + 8 + Ipv4Hdr::LEN + 8;
 /// checksum, which is rewritten only when quoted.
 pub const PULL_LEN: u32 = (QUOTED_TCP_CHECK_AT + 2) as u32;
 
-const IPV4_NO_OPTIONS: u8 = 0x45;
 /// The lowest next-hop MTU a client may report to a node in snat mode.
 const SHARED_MTU_FLOOR: u16 = 1280;
-/// "More fragments" flag and fragment offset, in wire order.
-const IP_FRAGMENT_BITS: u16 = 0x3fffu16.to_be();
-/// The fragment offset alone, in wire order: a first fragment quotes its ports.
-const IP_OFFSET_BITS: u16 = 0x1fffu16.to_be();
 
 /// An ICMP error the datapath may translate: pointers into the frame,
 /// bounds-checked.

@@ -15,9 +15,11 @@ const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const IP_OFFSET_BITS: u16 = 0x1fffu16.to_be();
 /// "More fragments", in wire order.
 const IP_MORE_FRAGMENTS: u16 = 0x2000u16.to_be();
+/// "More fragments" and the fragment offset: any fragment, in wire order.
+pub const IP_FRAGMENT_BITS: u16 = IP_MORE_FRAGMENTS | IP_OFFSET_BITS;
 /// "Don't fragment", in wire order.
 const IP_DONT_FRAGMENT: u16 = 0x4000u16.to_be();
-const IPV4_NO_OPTIONS: u8 = 0x45;
+pub const IPV4_NO_OPTIONS: u8 = 0x45;
 
 /// Offsets in a TCP or UDP header.
 const L4_SPORT: usize = 0;
