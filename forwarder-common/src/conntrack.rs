@@ -1,11 +1,16 @@
 //! Connection-tracking state and the timeout policy.
 //!
-//! A tracked connection is two entries in the `FLOWS` map: the *original*
-//! entry, keyed by what the client sends (client -> VIP), and the *reply*
-//! entry, keyed by what the backend sends back. Each entry remembers the
-//! TCP flags seen in its own direction and when it last saw a packet; the
-//! connection is alive while either entry is, with a timeout chosen from the
-//! flags of both (see [`timeout_ns`]).
+//! A tracked connection is two entries: the *original* entry, keyed by
+//! what the client sends (client -> VIP), and the *reply* entry, keyed by
+//! what the backend sends back. Each entry remembers the TCP flags seen in
+//! its own direction and when it last saw a packet; the connection is
+//! alive while either entry is, with a timeout chosen from the flags of
+//! both (see [`timeout_ns`]).
+//!
+//! A new connection's entries go to the `HALF_OPEN` map; once it is
+//! [`answered`] both move to the `FLOWS` map, which nothing else enters, so
+//! a flood of connections that are never answered (spoofed SYNs) evicts
+//! only half-open ones, never an established connection.
 //!
 //! Expiry is enforced where it changes behaviour: a packet of an expired
 //! connection starts a new one (a new backend pick), and an expired
@@ -53,6 +58,27 @@ pub const fn tcp_seen(flags: u8) -> u8 {
 #[must_use]
 pub const fn handshake_done(original: u8, reply: u8) -> bool {
     reply & SEEN_PACKET != 0 && original & SEEN_ACK != 0
+}
+
+/// Whether a connection has shown that its client is real and its node
+/// answers, so that it leaves the half-open table for the established one:
+/// TCP once the handshake is done ([`handshake_done`]: a spoofed SYN's
+/// source never acknowledges the SYN-ACK), UDP once the node replied.
+/// Connections that have not stay in a table of their own, so a flood of
+/// them evicts only its like.
+///
+/// ```
+/// use forwarder_common::conntrack::{SEEN_ACK, SEEN_PACKET, SEEN_SYN, answered};
+/// let syn = SEEN_PACKET | SEEN_SYN;
+/// assert!(!answered(6, syn, syn | SEEN_ACK)); // the SYN-ACK alone
+/// assert!(answered(6, syn | SEEN_ACK, syn | SEEN_ACK));
+/// assert!(!answered(17, SEEN_PACKET, 0));
+/// assert!(answered(17, SEEN_PACKET, SEEN_PACKET));
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn answered(proto: u8, original: u8, reply: u8) -> bool {
+    if proto == crate::maps::PROTO_TCP { handshake_done(original, reply) } else { reply & SEEN_PACKET != 0 }
 }
 
 /// Entry flag: this is the reply-direction entry of its connection.

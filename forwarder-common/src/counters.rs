@@ -83,10 +83,19 @@ pub enum Reason {
     /// A later fragment of a datagram whose first fragment was translated:
     /// translated the same way (addresses) and forwarded.
     FragmentTranslated,
+    /// A half-open connection got its answer (TCP: the client acknowledged
+    /// the node's SYN-ACK; UDP: the node replied) and moved from the
+    /// half-open table to the established one, which only such
+    /// connections enter (see `forwarder_common::conntrack::answered`).
+    FlowEstablished,
+    /// A new connection took the SNAT port of a half-open one, because
+    /// every port it tried was held: half-open connections (a SYN flood)
+    /// never keep a new connection out, established ones do.
+    HalfOpenDisplaced,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::FragmentTranslated as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::HalfOpenDisplaced as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -115,6 +124,8 @@ impl Reason {
         Reason::PassIcmpNoFlow,
         Reason::FragNeededSent,
         Reason::FragmentTranslated,
+        Reason::FlowEstablished,
+        Reason::HalfOpenDisplaced,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -162,6 +173,8 @@ impl Reason {
             Reason::PassIcmpNoFlow => "pass_icmp_no_flow",
             Reason::FragNeededSent => "frag_needed_sent",
             Reason::FragmentTranslated => "fragment_translated",
+            Reason::FlowEstablished => "flow_established",
+            Reason::HalfOpenDisplaced => "half_open_displaced",
         }
     }
 }

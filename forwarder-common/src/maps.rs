@@ -22,6 +22,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const FLOWS: &str = "FLOWS";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const SERVICE_TRAFFIC: &str = "SERVICE_TRAFFIC";
     pub const BACKEND_TRAFFIC: &str = "BACKEND_TRAFFIC";
     pub const REASONS: &str = "REASONS";
@@ -31,13 +32,14 @@ pub mod names {
     pub const SECRET: &str = "SECRET";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
-    /// added later (SOURCES, SECRET) is created and pinned by the first
+    /// added later (SOURCES, SECRET, HALF_OPEN) is created and pinned by the first
     /// daemon that knows it, so adding one needs no layout version.
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 12] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
         FLOWS,
+        HALF_OPEN,
         SERVICE_TRAFFIC,
         BACKEND_TRAFFIC,
         REASONS,
@@ -90,6 +92,10 @@ pub const DEFAULT_MAX_TABLES: u32 = 1024;
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// Default capacity of the flow table, in entries (two per connection).
 pub const DEFAULT_MAX_FLOW_ENTRIES: u32 = 1 << 19;
+/// Default capacity of the half-open table, in entries (two per
+/// connection): where connections wait for their answer, apart from the
+/// established ones a SYN flood must not evict.
+pub const DEFAULT_MAX_HALF_OPEN_ENTRIES: u32 = 1 << 17;
 /// Default Maglev table length: prime, above 100 x the backends of a
 /// typical service, as Katran and Cilium size theirs.
 pub const DEFAULT_MAGLEV_LEN: u32 = 16381;

@@ -18,7 +18,7 @@ use forwarder_common::{
     csum,
     maps::PROTO_TCP,
 };
-use forwarder_ebpf::{conntrack, parse::parse};
+use forwarder_ebpf::{maps::FLOWS, parse::parse};
 
 #[btf_map]
 static GEN: Array<GenConfig, 1> = Array::new();
@@ -136,7 +136,7 @@ pub fn bench_lookup(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     }
     let Ok(pkt) = parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) else { return XDP_DROP };
-    match conntrack::lookup(&pkt.key) {
+    match FLOWS.get_ptr(pkt.key) {
         // SAFETY: a map value pointer from the lookup helper; the volatile
         // read keeps the load (the entry's own cache lines) in the program.
         Some(entry) => match unsafe { core::ptr::read_volatile(&raw const (*entry).last_seen_ns) } {

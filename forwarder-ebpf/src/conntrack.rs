@@ -1,15 +1,108 @@
-//! Flow lookup, liveness and refresh. The policy (which timeout applies)
-//! lives in `forwarder_common::conntrack`, where host tests reach it.
+//! Flow lookup, liveness, refresh and promotion from the half-open table
+//! to the established one. The policy (which timeout applies, when a
+//! connection is answered) lives in `forwarder_common::conntrack`, where
+//! host tests reach it.
 
+use aya_ebpf::bindings::BPF_ANY;
 use forwarder_common::{
     conntrack::{
-        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS,
+        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS, answered,
         directions, expired as past_timeout, reopens, timeout_ns,
     },
+    counters::Reason,
     maps::{FlowEntry, FlowKey, NextHop},
 };
 
-use crate::maps::FLOWS;
+use crate::{
+    maps::{FLOWS, FlowTable, HALF_OPEN},
+    stats,
+};
+
+/// Which table a connection's entries are in (both in the same one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Established,
+    HalfOpen,
+}
+
+impl Table {
+    #[inline(always)]
+    pub fn map(self) -> &'static FlowTable {
+        match self {
+            Table::Established => &FLOWS,
+            Table::HalfOpen => &HALF_OPEN,
+        }
+    }
+}
+
+/// A packet's usable entry: where it is, and what it was when found.
+pub struct Found {
+    pub table: Table,
+    pub ptr: *mut FlowEntry,
+}
+
+/// The entry a packet keyed `key` with `packet_seen` bits uses: the
+/// established table's, else the half-open table's, whose connection
+/// moves to the established table if this packet answers it. `None`: a
+/// new connection (see `nat::create` for an unusable entry left under
+/// `key` in the established table).
+#[inline(always)]
+pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Option<Found> {
+    if let Some(ptr) = FLOWS.get_ptr_mut(key)
+        // SAFETY: a map value pointer from the lookup helper.
+        && usable(Table::Established, key, unsafe { &*ptr }, packet_seen, now)
+    {
+        return Some(Found { table: Table::Established, ptr });
+    }
+    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
+        // SAFETY: as above.
+        && usable(Table::HalfOpen, key, unsafe { &*ptr }, packet_seen, now)
+    {
+        return Some(promote(key, ptr, packet_seen).unwrap_or(Found { table: Table::HalfOpen, ptr }));
+    }
+    None
+}
+
+/// Moves the half-open connection of `ptr` (keyed `key`) to the
+/// established table if this packet's `packet_seen` bits answer it; `None`
+/// if it stays (not answered, its peer gone, or no room: it then works on
+/// from the half-open table).
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+fn promote(key: &FlowKey, ptr: *mut FlowEntry, packet_seen: u8) -> Option<Found> {
+    // SAFETY: map value pointers from the lookup helper. The entries are
+    // inserted from where they are (no copies: the stack is small); a
+    // concurrent update is a packet's refresh, as recent either way.
+    let entry = unsafe { &*ptr };
+    let peer = unsafe { &*peer_of(Table::HalfOpen, key, entry)? };
+    let peer_key = entry.peer_key(key.proto);
+    let (original, reply) = directions(entry.flags, entry.seen | packet_seen, peer.seen);
+    if !answered(key.proto, original, reply) {
+        return None;
+    }
+    FLOWS.insert(&peer_key, peer, u64::from(BPF_ANY)).ok()?;
+    if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
+        let _ = FLOWS.remove(&peer_key);
+        return None;
+    }
+    let _ = HALF_OPEN.remove(key);
+    let _ = HALF_OPEN.remove(&peer_key);
+    stats::reason(Reason::FlowEstablished);
+    Some(Found { table: Table::Established, ptr: FLOWS.get_ptr_mut(key)? })
+}
+
+/// The entry keyed `key` in either table, as it is now.
+#[inline(always)]
+pub fn get(key: &FlowKey) -> Option<(Table, FlowEntry)> {
+    // SAFETY: map value pointers from the lookup helper, copied at once.
+    if let Some(entry) = FLOWS.get_ptr(key) {
+        return Some((Table::Established, unsafe { *entry }));
+    }
+    HALF_OPEN.get_ptr(key).map(|entry| (Table::HalfOpen, unsafe { *entry }))
+}
 
 /// The shortest timeout of any state: an entry refreshed more recently than
 /// this is alive whatever its peer says, so the common case needs no second
@@ -17,11 +110,6 @@ use crate::maps::FLOWS;
 const ALIVE_FOR_SURE_NS: u64 = TCP_CLOSED_TIMEOUT_NS;
 // `usable` trusts an entry refreshed within the interval without its peer.
 const _: () = assert!(REFRESH_INTERVAL_NS < ALIVE_FOR_SURE_NS);
-
-#[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<*mut FlowEntry> {
-    FLOWS.get_ptr_mut(key)
-}
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -34,11 +122,11 @@ pub fn now_ns() -> u64 {
 /// directions); an entry without its peer is judged alone, so an orphan
 /// the node still sends on stays its connection's until it falls quiet.
 #[inline(always)]
-pub fn expired(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
+pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
     if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
         return false;
     }
-    expired_with(entry, peer_of(key, entry), key.proto, now)
+    expired_with(entry, peer_of(table, key, entry), key.proto, now)
 }
 
 /// Whether the closed connection of `entry` (keyed `key`) may give its
@@ -50,8 +138,8 @@ pub fn expired(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
 /// timestamp clock per address pair. Another client waits the TIME_WAIT
 /// out ([`expired`]).
 #[inline(always)]
-pub fn closed_for_its_client(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
-    let peer = peer_of(key, entry);
+pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
+    let peer = peer_of(table, key, entry);
     // SAFETY: a map value pointer from the lookup helper.
     let (peer_seen, peer_last) = peer.map_or((0, 0), |p| unsafe { ((*p).seen, (*p).last_seen_ns) });
     let (original, reply) = directions(entry.flags, entry.seen, peer_seen);
@@ -61,11 +149,11 @@ pub fn closed_for_its_client(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool
         && past_timeout(now, last, TCP_CLOSED_TIMEOUT_NS)
 }
 
-/// The other entry of `entry`'s connection (`entry` is keyed `key`), if it
-/// is still there and still its peer.
+/// The other entry of `entry`'s connection (`entry` is keyed `key`, in
+/// `table`), if it is still there and still its peer.
 #[inline(always)]
-fn peer_of(key: &FlowKey, entry: &FlowEntry) -> Option<*const FlowEntry> {
-    let peer = FLOWS.get_ptr(entry.peer_key(key.proto))?;
+pub fn peer_of(table: Table, key: &FlowKey, entry: &FlowEntry) -> Option<*const FlowEntry> {
+    let peer = table.map().get_ptr(entry.peer_key(key.proto))?;
     // SAFETY: a map value pointer from the lookup helper.
     unsafe { &*peer }.pairs_with(key).then_some(peer)
 }
@@ -97,7 +185,7 @@ fn expired_with(entry: &FlowEntry, peer: Option<*const FlowEntry>, proto: u8, no
 /// longer), so the common packet needs no second lookup: the peer is
 /// looked up once a second per direction, when the refresh is due.
 #[inline(always)]
-pub fn usable(key: &FlowKey, entry: &FlowEntry, packet_seen: u8, now: u64) -> bool {
+pub fn usable(table: Table, key: &FlowKey, entry: &FlowEntry, packet_seen: u8, now: u64) -> bool {
     let original = entry.flags & FLAG_REPLY == 0;
     if original && reopens(entry.seen, packet_seen) {
         return false;
@@ -105,7 +193,7 @@ pub fn usable(key: &FlowKey, entry: &FlowEntry, packet_seen: u8, now: u64) -> bo
     if !refresh_due(entry, now) {
         return true;
     }
-    let peer = peer_of(key, entry);
+    let peer = peer_of(table, key, entry);
     if original && peer.is_none() {
         return false;
     }
@@ -129,7 +217,7 @@ pub fn refresh_due(entry: &FlowEntry, now: u64) -> bool {
 /// Concurrent updates from other CPUs race benignly: both store a recent
 /// time, or OR in flags.
 #[inline(always)]
-pub fn touch(key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
+pub fn touch(table: Table, key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
     if refresh_due(entry, now) {
         entry.last_seen_ns = now;
     }
@@ -138,7 +226,8 @@ pub fn touch(key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
         let first_fin = packet_seen & SEEN_FIN != 0 && entry.seen & SEEN_FIN == 0;
         if first_fin && entry.flags & FLAG_REPLY != 0 {
             // SAFETY: a map value pointer from the lookup helper.
-            let peer_closed = peer_of(key, entry).is_some_and(|peer| unsafe { (*peer).seen } & SEEN_FIN != 0);
+            let peer_closed =
+                peer_of(table, key, entry).is_some_and(|peer| unsafe { (*peer).seen } & SEEN_FIN != 0);
             if !peer_closed {
                 seen |= SEEN_FIN_FIRST;
             }
@@ -147,19 +236,19 @@ pub fn touch(key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
     }
 }
 
-/// Records a forwarded packet on the flow keyed `key` (looked up afresh)
+/// Records a forwarded packet on the flow keyed `key` in `table` (looked up afresh)
 /// and, with `hop`, the next hop its route lookup found for a packet of
 /// IPv4 total length `len` (a racing writer stores an answer as recent; at
 /// worst a packet looks the route up once more).
 #[inline(always)]
-pub fn record(key: &FlowKey, packet_seen: u8, now: u64, hop: Option<(NextHop, u16)>) {
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+pub fn record(table: Table, key: &FlowKey, packet_seen: u8, now: u64, hop: Option<(NextHop, u16)>) {
+    if let Some(entry) = table.map().get_ptr_mut(key) {
         // SAFETY: a map value pointer from the lookup helper, used at once.
         let entry = unsafe { &mut *entry };
         if let Some((hop, len)) = hop {
             entry.hop = hop;
             entry.hop_len = len;
         }
-        touch(key, entry, packet_seen, now);
+        touch(table, key, entry, packet_seen, now);
     }
 }

@@ -10,7 +10,8 @@ use forwarder_common::{counters::Reason, hash::flow_hash, maps::FlowEntry};
 use network_types::eth::EthHdr;
 
 use crate::{
-    conntrack, frag,
+    conntrack::{self, Found, Table},
+    frag,
     fwd::{self, Route},
     icmp, lb, nat,
     parse::{Packet, parse},
@@ -90,16 +91,16 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let wire_len = hook.wire_len(&pkt);
     // The flow's entry, and its cached next hop unless due for a check or
     // the packet is longer than the one the route (and MTU) was checked for.
-    let (entry, tracked, cached) = match conntrack::lookup(&pkt.key) {
-        // SAFETY: a map value pointer from the lookup helper.
-        Some(found) if conntrack::usable(&pkt.key, unsafe { &*found }, pkt.seen, now) => {
-            // SAFETY: as above; copied so later map updates cannot alias it.
-            let entry = unsafe { *found };
+    let (entry, table, tracked, cached) = match conntrack::find(&pkt.key, pkt.seen, now) {
+        Some(Found { table, ptr }) => {
+            // SAFETY: a map value pointer from the lookup helper, copied so
+            // later map updates cannot alias it.
+            let entry = unsafe { *ptr };
             let cached =
                 entry.hop.ifindex != 0 && !conntrack::refresh_due(&entry, now) && wire_len <= entry.hop_len;
-            (entry, Some(found), cached)
+            (entry, table, Some(ptr), cached)
         }
-        _ => (new_flow(&pkt, now)?, None, false),
+        None => (new_flow(&pkt, now)?, Table::HalfOpen, None, false),
     };
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
@@ -115,7 +116,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let route = match (cached, tracked) {
         (true, Some(found)) => {
             // SAFETY: the map value pointer found above, used at once.
-            conntrack::touch(&pkt.key, unsafe { &mut *found }, pkt.seen, now);
+            conntrack::touch(table, &pkt.key, unsafe { &mut *found }, pkt.seen, now);
             Route::Via(entry.hop)
         }
         _ => {
@@ -124,9 +125,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
                 return too_big(hook, &pkt, mtu);
             }
             match &route {
-                Route::Via(hop) => conntrack::record(&pkt.key, pkt.seen, now, Some((*hop, wire_len))),
+                Route::Via(hop) => conntrack::record(table, &pkt.key, pkt.seen, now, Some((*hop, wire_len))),
                 Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
-                    conntrack::record(&pkt.key, pkt.seen, now, None)
+                    conntrack::record(table, &pkt.key, pkt.seen, now, None)
                 }
                 // The TC program translates (and records) it.
                 Route::NoNeigh { .. } | Route::TooBig { .. } => {}

@@ -26,11 +26,10 @@ use forwarder_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    conntrack,
+    conntrack::{self, Table},
     datapath::{self, Hook, Verdict},
     fwd::{self, Query},
     lb,
-    maps::FLOWS,
     parse::{IP_FRAGMENT_BITS, IP_OFFSET_BITS, IPV4_NO_OPTIONS},
     stats,
 };
@@ -151,8 +150,8 @@ fn worth_a_look<H: Hook>(hook: &H) -> Result<(), Reason> {
 /// arrived on the interface those packets left by, when known: a host on
 /// the other side cannot pose as a router on this one.
 #[inline(always)]
-fn from_where_it_went(key: &FlowKey, entry: &FlowEntry, ingress: u32) -> bool {
-    match FLOWS.get_ptr(entry.peer_key(key.proto)) {
+fn from_where_it_went(table: Table, key: &FlowKey, entry: &FlowEntry, ingress: u32) -> bool {
+    match table.map().get_ptr(entry.peer_key(key.proto)) {
         // SAFETY: a map value pointer from the lookup helper, read at once.
         Some(peer) => {
             let left_by = unsafe { (*peer).hop.ifindex };
@@ -196,13 +195,14 @@ pub fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     };
     // The flow of the error's direction: the quoted packet's answer.
     let key = FlowKey::new(quoted.dst, quoted.src, quoted.dport, quoted.sport, err.proto);
-    let entry: FlowEntry = match conntrack::lookup(&key) {
-        // SAFETY: a map value pointer from the lookup helper, copied at once.
-        Some(found) if outer_dst == quoted.src => unsafe { *found },
+    let (table, entry) = match conntrack::get(&key) {
+        Some(found) if outer_dst == quoted.src => found,
         _ => return Err(Reason::PassIcmpNoFlow),
     };
     let ingress = hook.ingress_ifindex();
-    if conntrack::expired(&key, &entry, conntrack::now_ns()) || !from_where_it_went(&key, &entry, ingress) {
+    if conntrack::expired(table, &key, &entry, conntrack::now_ns())
+        || !from_where_it_went(table, &key, &entry, ingress)
+    {
         return Err(Reason::PassIcmpNoFlow);
     }
     if entry.flags & FLAG_REPLY == 0 {

@@ -44,9 +44,16 @@ pub static MAGLEV: HashOfMaps<
     MAX_TABLES,
 > = HashOfMaps::new();
 
-/// Tracked connections, two entries each (see `forwarder_common::conntrack`).
+/// A table of connections, two entries each (see `forwarder_common::conntrack`).
+pub type FlowTable = LruHashMap<FlowKey, FlowEntry, MAX_FLOWS>;
+
+/// Established connections: only answered ones enter (see `conntrack`).
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry, MAX_FLOWS> = LruHashMap::new();
+pub static FLOWS: FlowTable = LruHashMap::new();
+
+/// Connections waiting for their answer, evicted among themselves.
+#[btf_map]
+pub static HALF_OPEN: FlowTable = LruHashMap::new();
 
 /// First fragments translated, for their datagrams' later fragments (see `frag`).
 #[btf_map]

@@ -88,6 +88,10 @@ pub struct Stats {
     pub flows_age_secs: f64,
     /// Tracked connections, all services.
     pub connections: u64,
+    /// Of which half-open: not answered yet (TCP handshake not done, UDP
+    /// without a reply), in their own table.
+    #[serde(default)]
+    pub half_open: u64,
     pub services: Vec<ServiceStats>,
     /// Packets by what the datapath did with them.
     pub reasons: Vec<ReasonCount>,

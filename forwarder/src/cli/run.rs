@@ -5,7 +5,8 @@ use std::{
 
 use clap::Args;
 use forwarder_common::maps::{
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_HALF_OPEN_ENTRIES, DEFAULT_MAX_SERVICES,
+    DEFAULT_MAX_TABLES,
 };
 
 use crate::{
@@ -57,6 +58,12 @@ pub struct RunArgs {
     /// are evicted beyond it).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOW_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_connections: u32,
+    /// Capacity of the half-open table: connections not answered yet (TCP
+    /// before the client acknowledges the node's SYN-ACK, UDP before the
+    /// node replies) wait there, apart from established ones, so a flood
+    /// of spoofed SYNs evicts only its like.
+    #[arg(long, default_value_t = DEFAULT_MAX_HALF_OPEN_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
+    max_half_open: u32,
     /// Do not add managed neighbour entries for backends and gateways; the
     /// first packets towards an unresolved next hop then take the slower
     /// TC path.
@@ -103,6 +110,7 @@ impl RunArgs {
             max_backends,
             max_tables,
             max_connections,
+            max_half_open,
             no_neighbour_prefetch,
             pin_dir,
             metrics,
@@ -123,6 +131,7 @@ impl RunArgs {
                 max_backends,
                 max_tables,
                 max_flow_entries: max_connections.saturating_mul(2),
+                max_half_open_entries: max_half_open.saturating_mul(2),
             },
             prefetch_neighbours: !no_neighbour_prefetch,
             pin_dir,

@@ -67,8 +67,8 @@ impl StatsArgs {
         }
         println!("{table}");
         println!(
-            "\n{} tracked connections (as of {:.0}s ago); rates over the last {:.1}s",
-            stats.connections, stats.flows_age_secs, stats.rate_interval_secs
+            "\n{} tracked connections, {} of them half-open (as of {:.0}s ago); rates over the last {:.1}s",
+            stats.connections, stats.half_open, stats.flows_age_secs, stats.rate_interval_secs
         );
         let mut reasons = output::table(&["DATAPATH", "PACKETS"]);
         for reason in stats.reasons.iter().filter(|r| r.packets > 0) {

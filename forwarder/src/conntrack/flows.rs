@@ -10,13 +10,15 @@ use crate::{config::Protocol, report::Flow};
 /// Service ids to names and protocols, as the listing shows them.
 pub type ServiceNames = HashMap<u32, (String, Protocol)>;
 
-/// The live connections, of service `only` if given, sorted by service and client.
+/// The live connections in `maps` (the established and half-open
+/// tables), of service `only` if given, sorted by service and client.
 #[must_use]
-pub fn list(map: &FlowMap, names: &ServiceNames, only: Option<&str>) -> Vec<Flow> {
+pub fn list(maps: &[&FlowMap], names: &ServiceNames, only: Option<&str>) -> Vec<Flow> {
     let now = now_ns();
     let socket = |addr, port| SocketAddrV4::new(addr_from_wire(addr), port_from_wire(port));
-    let mut list: Vec<Flow> = scan(map)
-        .into_iter()
+    let mut list: Vec<Flow> = maps
+        .iter()
+        .flat_map(|map| scan(map))
         .filter(|conn| !conn.orphan && !conn.expired(now))
         .filter_map(|conn| {
             let (service, protocol) = names.get(&conn.original.service_id)?.clone();

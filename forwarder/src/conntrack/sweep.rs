@@ -37,7 +37,10 @@ const NOEXIST: u64 = 1;
 #[derive(Clone, Debug)]
 pub struct Sweep {
     pub at: Instant,
+    /// Live connections, both tables.
     pub connections: u64,
+    /// Of which in the half-open table (not answered yet).
+    pub half_open: u64,
     pub by_service: HashMap<u32, u64>,
     pub by_backend: HashMap<u32, u64>,
     pub removed: u64,
@@ -48,6 +51,7 @@ impl Default for Sweep {
         Self {
             at: Instant::now(),
             connections: 0,
+            half_open: 0,
             by_service: HashMap::new(),
             by_backend: HashMap::new(),
             removed: 0,
@@ -109,17 +113,36 @@ fn remove_entry(flows: &mut FlowMap, key: &FlowKey, scanned: &FlowEntry) -> bool
     }
 }
 
-/// Sweeps the pinned table at `pin` every [`INTERVAL`] on a blocking
-/// thread; each result is published on the returned channel.
-pub fn spawn(pin: PathBuf) -> anyhow::Result<watch::Receiver<Arc<Sweep>>> {
-    let mut map = open(&pin)?;
+/// [`sweep`] of the established table and then the half-open one, counted together.
+pub fn sweep_both(established: &mut FlowMap, half_open: &mut FlowMap) -> Sweep {
+    let mut result = sweep(established);
+    let Sweep { at, connections, half_open: _, by_service, by_backend, removed } = sweep(half_open);
+    result.at = at;
+    result.connections += connections;
+    result.half_open = connections;
+    result.removed += removed;
+    for (id, count) in by_service {
+        *result.by_service.entry(id).or_default() += count;
+    }
+    for (id, count) in by_backend {
+        *result.by_backend.entry(id).or_default() += count;
+    }
+    result
+}
+
+/// Sweeps the pinned tables at `pins` (established, half-open) every
+/// [`INTERVAL`] on a blocking thread; each result is published on the
+/// returned channel.
+pub fn spawn(pins: [PathBuf; 2]) -> anyhow::Result<watch::Receiver<Arc<Sweep>>> {
+    let [established, half_open] = pins;
+    let mut map = (open(&established)?, open(&half_open)?);
     let (publish, receiver) = watch::channel(Arc::new(Sweep::default()));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(INTERVAL);
         loop {
             ticker.tick().await;
             let Ok((returned, result)) = tokio::task::spawn_blocking(move || {
-                let result = sweep(&mut map);
+                let result = sweep_both(&mut map.0, &mut map.1);
                 (map, result)
             })
             .await

@@ -165,6 +165,7 @@ pub fn render(stats: &Stats) -> String {
     let weight: Family<Labels, Gauge> = Family::default();
     let reasons: Family<Labels, Counter> = Family::default();
     let connections: Gauge = Gauge::default();
+    let half_open: Gauge = Gauge::default();
     registry.register("backend_up", "Health check result: 1 up, 0 down (absent when unchecked)", up.clone());
     registry.register(
         "backend_in_rotation",
@@ -174,6 +175,11 @@ pub fn render(stats: &Stats) -> String {
     registry.register("backend_weight", "Configured weight (0 drains)", weight.clone());
     registry.register("datapath_packets", "Packets by what the datapath did with them", reasons.clone());
     registry.register("connections", "Tracked connections (as of the last sweep)", connections.clone());
+    registry.register(
+        "half_open_connections",
+        "Tracked connections not answered yet, in the half-open table (as of the last sweep)",
+        half_open.clone(),
+    );
 
     for service in &stats.services {
         services.set(&[("service", &service.name)], &service.totals, service.active_flows);
@@ -194,6 +200,7 @@ pub fn render(stats: &Stats) -> String {
         reasons.get_or_create(&labels(&[("reason", &reason.reason)])).inc_by(reason.packets);
     }
     connections.set(stats.connections as i64);
+    half_open.set(stats.half_open as i64);
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -215,6 +222,7 @@ mod tests {
             rate_interval_secs: 5.0,
             flows_age_secs: 1.0,
             connections: 2,
+            half_open: 1,
             services: vec![ServiceStats {
                 name: "web".to_owned(),
                 vip: [10, 0, 0, 1].into(),
@@ -246,6 +254,7 @@ mod tests {
             "forwarder_backend_in_rotation{service=\"web\",backend=\"10.0.1.1:30080\"} 0",
             "forwarder_datapath_packets_total{reason=\"redirect\"} 18",
             "forwarder_connections 2",
+            "forwarder_half_open_connections 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

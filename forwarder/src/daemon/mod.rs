@@ -301,7 +301,7 @@ impl Daemon {
             metrics::spawn(addr, calls.clone()).await.with_context(|| format!("metrics on {addr}"))?;
         }
         let watcher = file_events.map(|events| watch::watch(&self.services_path, events)).transpose()?;
-        self.sweep = sweep::spawn(self.pins.map(names::FLOWS))?;
+        self.sweep = sweep::spawn([self.pins.map(names::FLOWS), self.pins.map(names::HALF_OPEN)])?;
         Ok(watcher)
     }
 

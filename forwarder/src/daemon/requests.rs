@@ -76,10 +76,13 @@ impl Daemon {
         }
         let names: ServiceNames =
             self.table.services().values().map(|s| (s.id, (s.name.clone(), s.protocol))).collect();
-        let pin = self.pins.map(names::FLOWS);
+        let pins = [self.pins.map(names::FLOWS), self.pins.map(names::HALF_OPEN)];
         tokio::task::spawn_blocking(move || {
-            let response = match conntrack::open(&pin) {
-                Ok(map) => Response::Flows(conntrack::flows::list(&map, &names, service.as_deref())),
+            let opened = conntrack::open(&pins[0]).and_then(|flows| Ok((flows, conntrack::open(&pins[1])?)));
+            let response = match opened {
+                Ok((flows, half_open)) => {
+                    Response::Flows(conntrack::flows::list(&[&flows, &half_open], &names, service.as_deref()))
+                }
                 Err(err) => Response::Refused(format!("reading the connection table: {err}")),
             };
             let _ = reply.send(response);

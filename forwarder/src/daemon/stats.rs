@@ -161,6 +161,7 @@ pub fn stats(
         rate_interval_secs: sampler.interval(),
         flows_age_secs: sweep.at.elapsed().as_secs_f64(),
         connections: sweep.connections,
+        half_open: sweep.half_open,
         services,
         reasons,
     }

@@ -70,18 +70,22 @@ pub struct Capacity {
     pub max_tables: u32,
     /// Flow-table entries; each connection takes two.
     pub max_flow_entries: u32,
+    /// Half-open table entries (connections not answered yet); two each.
+    pub max_half_open_entries: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
         use forwarder_common::maps::{
-            DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES,
+            DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES, DEFAULT_MAX_HALF_OPEN_ENTRIES,
+            DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES,
         };
         Self {
             max_services: DEFAULT_MAX_SERVICES,
             max_backends: DEFAULT_MAX_BACKENDS,
             max_tables: DEFAULT_MAX_TABLES,
             max_flow_entries: DEFAULT_MAX_FLOW_ENTRIES,
+            max_half_open_entries: DEFAULT_MAX_HALF_OPEN_ENTRIES,
         }
     }
 }
@@ -128,7 +132,10 @@ pub struct Maps {
     pub backends: HashMap<MapData, BackendKey, Backend>,
     /// The hash of Maglev tables, kept untyped: updates go in batches.
     pub maglev: Map,
+    /// Established connections.
     pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    /// Connections not answered yet.
+    pub half_open: HashMap<MapData, FlowKey, FlowEntry>,
     pub service_traffic: PerCpuArray<MapData, Traffic>,
     pub backend_traffic: PerCpuArray<MapData, Traffic>,
     pub reasons: PerCpuArray<MapData, u64>,
@@ -179,7 +186,8 @@ impl Kernel {
         log_level: aya_log::Level,
         pins: Option<Pins>,
     ) -> Result<Self, KernelError> {
-        let Capacity { max_services, max_backends, max_tables, max_flow_entries } = capacity;
+        let Capacity { max_services, max_backends, max_tables, max_flow_entries, max_half_open_entries } =
+            capacity;
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
         let adopted = match &pins {
@@ -199,6 +207,7 @@ impl Kernel {
             .map_max_entries(names::BACKENDS, backend_entries(max_backends))
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
+            .map_max_entries(names::HALF_OPEN, max_half_open_entries)
             .override_global(aya_log::LEVEL, &level, false)
             .load(object.bytes)?;
         // Programs first: they hold their maps from then on, so the
@@ -224,6 +233,7 @@ impl Kernel {
             backends: take(&mut ebpf, names::BACKENDS)?,
             maglev: ebpf.take_map(names::MAGLEV).ok_or(KernelError::MissingMap(names::MAGLEV))?,
             flows: take(&mut ebpf, names::FLOWS)?,
+            half_open: take(&mut ebpf, names::HALF_OPEN)?,
             service_traffic: take(&mut ebpf, names::SERVICE_TRAFFIC)?,
             backend_traffic: take(&mut ebpf, names::BACKEND_TRAFFIC)?,
             reasons: take(&mut ebpf, names::REASONS)?,

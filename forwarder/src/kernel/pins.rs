@@ -109,7 +109,15 @@ impl Pins {
             (names::REASONS, 4, 8, None),
             (names::SETTINGS, 4, size_of::<Settings>(), None),
         ];
-        for (name, key_size, value_size, max_entries) in expected {
+        // Pinned by a daemon that knows it; an older one's pins lack it.
+        let half_open = (
+            names::HALF_OPEN,
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+            Some(capacity.max_half_open_entries),
+        );
+        let half_open = self.map(names::HALF_OPEN).exists().then_some(half_open);
+        for (name, key_size, value_size, max_entries) in expected.into_iter().chain(half_open) {
             let path = self.map(name);
             let info = MapData::from_pin(&path)
                 .and_then(|map| map.info())

@@ -147,6 +147,7 @@ impl Timer {
                 max_services: services.max(16).next_power_of_two(),
                 max_backends: (services * backends).max(16).next_power_of_two(),
                 max_flow_entries: (2 * connections + 1024).next_power_of_two(),
+                max_half_open_entries: (2 * connections + 1024).next_power_of_two(),
                 ..Capacity::default()
             };
             let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;
@@ -164,6 +165,7 @@ impl Timer {
             if flows > 0 {
                 let (verdict, _) = run(kernel.xdp(), ingress, flows)?; // opens every flow
                 anyhow::ensure!(verdict == XDP_REDIRECT, "verdict {verdict} opening {flows} flows");
+                super::establish_all(&mut kernel.maps)?;
             }
             Ok((kernel, ingress))
         })?;
@@ -190,9 +192,9 @@ impl Timer {
             let rewrite = run(program(kernel, "bench_rewrite")?, ingress, repeat)?.1;
             if flows == 0 {
                 // Every packet was a new flow: start the next round empty.
-                let keys: Vec<_> = kernel.maps.flows.keys().filter_map(Result::ok).collect();
+                let keys: Vec<_> = kernel.maps.half_open.keys().filter_map(Result::ok).collect();
                 for key in keys {
-                    let _ = kernel.maps.flows.remove(&key);
+                    let _ = kernel.maps.half_open.remove(&key);
                 }
                 return Ok(Sample { forward, rewrite, lookup: None });
             }

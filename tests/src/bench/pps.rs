@@ -147,12 +147,17 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
             } else {
                 Plan::Xdp(kernel::XdpMode::Native)
             };
-            // New-flow cases: a table of 32,768 connections, below the SNAT
-            // port space of two backends (2 x 31,744), so the table is full
-            // and every new flow evicts the least recently used one.
+            // New-flow cases: a (half-open) table of 32,768 connections,
+            // below the SNAT port space of two backends (2 x 31,744), so the
+            // table is full and every new flow evicts the least recently
+            // used one.
             let max_flow_entries = if case.flows() == 0 { 1 << 16 } else { 1 << 21 };
             fwd.enter(|| {
-                let capacity = Capacity { max_flow_entries, ..Capacity::default() };
+                let capacity = Capacity {
+                    max_flow_entries,
+                    max_half_open_entries: max_flow_entries,
+                    ..Capacity::default()
+                };
                 let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;
                 let file = ServiceFile::parse(Path::new("bench.toml"), &services(mode))?;
                 let mut table = ServiceTable::new(capacity, None)?;
@@ -232,10 +237,15 @@ pub fn measure(
     duration: Duration,
     dir: &Path,
 ) -> anyhow::Result<f64> {
-    let installed = install(rig, case, dir).with_context(|| format!("setting up {}", case.label()))?;
+    let mut installed = install(rig, case, dir).with_context(|| format!("setting up {}", case.label()))?;
     let result = (|| {
         rig.set_flows(case.flows())?;
         rig.generate(warmup)?;
+        if case.flows() > 0
+            && let Installed::Forwarder(kernel) = &mut installed
+        {
+            super::establish_all(&mut kernel.maps)?;
+        }
         let before = count(rig, case, &installed)?;
         let start = std::time::Instant::now();
         rig.generate(duration)?;
