@@ -480,3 +480,126 @@ fn reason_count(lab: &Lab, reason: &str) -> u64 {
     let stats: forwarder::report::Stats = serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
     stats.reasons.iter().find(|r| r.reason == reason).map_or(0, |r| r.packets)
 }
+
+/// Raises this process's open-file limit to at least `want` (within the
+/// hard limit): the flood test holds a thousand connections.
+fn allow_open_files(want: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain data in and out.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_cur.max(want.min(limit.rlim_max));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// What a SYN flood test saw.
+#[derive(Debug, Default)]
+struct FloodReport {
+    rounds: usize,
+    requests: usize,
+    new_connections: usize,
+    failures: Vec<String>,
+}
+
+/// A spoofed-source SYN flood (hping3 as fast as it sends, 10 s) at the
+/// VIP while 1,000 established keep-alive connections exchange requests,
+/// with a connection table the flood overflows many times over
+/// (`--max-connections 2000`; the default half-open table, 65,536, too):
+/// no established connection breaks or changes node, and a new connection
+/// opened every round succeeds, in both modes.
+#[test]
+fn a_syn_flood_breaks_no_established_connection_and_new_ones_still_open() {
+    const CONNECTIONS: usize = 1000;
+    allow_open_files(4 * CONNECTIONS as u64);
+    for mode in ["snat", "preserve"] {
+        let lab = lab_with_servers(2);
+        let path = lab.write_services(&services(mode, &[0, 1])).unwrap();
+        let limits = ["--max-connections", "2000"];
+        let forwarder = lab.start_forwarder(&path, &limits).unwrap();
+        let established_before = reason_count(&lab, "flow_established");
+        let mut report = FloodReport::default();
+        let flood = lab.client.enter(|| {
+            let mut conns: Vec<(HttpConnection, String)> = (0..CONNECTIONS)
+                .map(|_| {
+                    let mut conn = HttpConnection::open(WEB).expect("open a connection");
+                    let node = conn.get().expect("first request").node;
+                    (conn, node)
+                })
+                .collect();
+            let mut cmd = lab.client.command("hping3");
+            cmd.args(["--flood", "--rand-source", "--syn", "-p", "80"]).arg(VIP.to_string());
+            let flood = forwarder_tests::netns::Process::spawn("hping3", cmd).expect("hping3");
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                for (i, (conn, node)) in conns.iter_mut().enumerate() {
+                    match conn.get() {
+                        Ok(answer) if answer.node == *node => report.requests += 1,
+                        Ok(answer) => {
+                            report.failures.push(format!("connection {i} moved to {}", answer.node))
+                        }
+                        Err(err) => report.failures.push(format!(
+                            "connection {i} at {:.1} s: {err:#}",
+                            start.elapsed().as_secs_f64()
+                        )),
+                    }
+                }
+                match http_get(WEB) {
+                    Ok(_) => report.new_connections += 1,
+                    Err(err) => report.failures.push(format!("a new connection: {err:#}")),
+                }
+                report.rounds += 1;
+            }
+            flood.signal(libc::SIGINT);
+            std::thread::sleep(Duration::from_millis(500)); // its statistics
+            // "N packets transmitted, M packets received, ..."
+            let output = flood.output();
+            let line = output.lines().find(|line| line.contains("packets transmitted"));
+            let sent = line.and_then(|line| line.split_whitespace().next()?.parse::<u64>().ok());
+            drop(flood);
+            drop(conns);
+            sent
+        });
+        let stats: forwarder::report::Stats =
+            serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
+        let web = stats.services.iter().find(|s| s.name == "web").expect("web stats");
+        let established = reason_count(&lab, "flow_established") - established_before;
+        eprintln!(
+            "{mode}: {} rounds, {} requests on {CONNECTIONS} established connections, {} new connections \
+             during a flood of {flood:?} SYNs; web's new connections {}, established {established}, \
+             half-open displaced {}, {} connections tracked ({} half-open)",
+            report.rounds,
+            report.requests,
+            report.new_connections,
+            web.totals.new_flows,
+            reason_count(&lab, "half_open_displaced"),
+            stats.connections,
+            stats.half_open,
+        );
+        if !report.failures.is_empty() {
+            let logs: Vec<String> = (1..=2)
+                .map(|i| {
+                    std::fs::read_to_string(lab.dir.path().join(format!("node{i}/error.log")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!(
+                "{mode}: {} failures, the first {:?}, the last {:?}\nstats:\n{}\nnode logs:\n{}",
+                report.failures.len(),
+                &report.failures[..report.failures.len().min(3)],
+                report.failures.last(),
+                lab.cli_ok(&["stats"]),
+                logs.join("\n")
+                    + &lab.nodes[0].ns.exec("ss", "-s").unwrap_or_default()
+                    + &lab.nodes[0].ns.exec("nstat", "-az").unwrap_or_default()
+            );
+        }
+        assert!(report.rounds >= 2, "{mode}: the connections exchanged data throughout ({report:?})");
+        assert!(
+            web.totals.new_flows > 20 * CONNECTIONS as u64,
+            "{mode}: the flood reached the datapath: {} new connections",
+            web.totals.new_flows
+        );
+        forwarder.stop().unwrap();
+    }
+}

@@ -413,7 +413,10 @@ fn nginx_conf(node: &str, dir: &Path) -> String {
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
-events {{}}
+# Room for the flood test's thousand connections (512 by default, beyond
+# which nginx closes idle keep-alive connections).
+worker_rlimit_nofile 8192;
+events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};

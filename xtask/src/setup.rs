@@ -23,9 +23,18 @@ const RUST_DEBS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 const LLVM_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 /// What the end-to-end tests and the demo run: nginx as the nodes' NodePort
 /// servers, ethtool and iproute2 to build the lab; strace, setpriv and
-/// systemd-analyze to check the daemon against its unit's sandbox.
-const TEST_DEBS: &[&str] =
-    &["nginx-light", "libnginx-mod-stream", "ethtool", "iproute2", "strace", "util-linux", "systemd"];
+/// systemd-analyze to check the daemon against its unit's sandbox; hping3
+/// for the SYN flood.
+const TEST_DEBS: &[&str] = &[
+    "nginx-light",
+    "libnginx-mod-stream",
+    "ethtool",
+    "iproute2",
+    "strace",
+    "util-linux",
+    "systemd",
+    "hping3",
+];
 
 /// What the benchmark compares with and draws with: nftables, HAProxy,
 /// the wrk load generator and a font for the chart (nginx comes with the
