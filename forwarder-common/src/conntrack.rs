@@ -60,25 +60,39 @@ pub const fn handshake_done(original: u8, reply: u8) -> bool {
     reply & SEEN_PACKET != 0 && original & SEEN_ACK != 0
 }
 
-/// Whether a connection has shown that its client is real and its node
-/// answers, so that it leaves the half-open table for the established one:
-/// TCP once the handshake is done ([`handshake_done`]: a spoofed SYN's
-/// source never acknowledges the SYN-ACK), UDP once the node replied.
-/// Connections that have not stay in a table of their own, so a flood of
-/// them evicts only its like.
+/// Whether a forwarded packet shows its connection's client is real and
+/// its node answers, so that the connection leaves the half-open table for
+/// the established one: for UDP the node's reply; for TCP a segment from
+/// the node without SYN or RST after the client's ACK (`original`,
+/// `reply`: the connection's bits with this packet's). The node sends
+/// one only once it took the client's ACK of its SYN-ACK, which a spoofed
+/// source never saw: a blind ACK, or a SYN then an ACK, gets a RST. The
+/// client's ACK alone would not do. Connections that are not answered
+/// stay in a table of their own, so a flood of them evicts only its like.
 ///
 /// ```
-/// use forwarder_common::conntrack::{SEEN_ACK, SEEN_PACKET, SEEN_SYN, answered};
-/// let syn = SEEN_PACKET | SEEN_SYN;
-/// assert!(!answered(6, syn, syn | SEEN_ACK)); // the SYN-ACK alone
-/// assert!(answered(6, syn | SEEN_ACK, syn | SEEN_ACK));
-/// assert!(!answered(17, SEEN_PACKET, 0));
-/// assert!(answered(17, SEEN_PACKET, SEEN_PACKET));
+/// use forwarder_common::conntrack::*;
+/// let (syn, ack) = (SEEN_PACKET | SEEN_SYN, SEEN_PACKET | SEEN_ACK);
+/// // The node's SYN-ACK, and the client's ACK, leave it half-open.
+/// assert!(!answered(6, true, syn | SEEN_ACK, syn, syn | SEEN_ACK));
+/// assert!(!answered(6, false, ack, syn | SEEN_ACK, syn | SEEN_ACK));
+/// // The node's first segment after the ACK establishes it.
+/// assert!(answered(6, true, ack, syn | SEEN_ACK, syn | SEEN_ACK));
+/// // A RST to a blind ACK does not.
+/// assert!(!answered(6, true, SEEN_PACKET | SEEN_RST, ack, SEEN_PACKET | SEEN_RST));
+/// assert!(answered(17, true, SEEN_PACKET, SEEN_PACKET, SEEN_PACKET));
+/// assert!(!answered(17, false, SEEN_PACKET, SEEN_PACKET, 0));
 /// ```
 #[inline(always)]
 #[must_use]
-pub const fn answered(proto: u8, original: u8, reply: u8) -> bool {
-    if proto == crate::maps::PROTO_TCP { handshake_done(original, reply) } else { reply & SEEN_PACKET != 0 }
+pub const fn answered(proto: u8, from_node: bool, packet: u8, original: u8, reply: u8) -> bool {
+    if !from_node {
+        return false;
+    }
+    if proto != crate::maps::PROTO_TCP {
+        return true;
+    }
+    packet & (SEEN_SYN | SEEN_RST) == 0 && original & SEEN_ACK != 0 && (original | reply) & SEEN_RST == 0
 }
 
 /// Entry flag: this is the reply-direction entry of its connection.

@@ -83,10 +83,10 @@ pub enum Reason {
     /// A later fragment of a datagram whose first fragment was translated:
     /// translated the same way (addresses) and forwarded.
     FragmentTranslated,
-    /// A half-open connection got its answer (TCP: the client acknowledged
-    /// the node's SYN-ACK; UDP: the node replied) and moved from the
-    /// half-open table to the established one, which only such
-    /// connections enter (see `forwarder_common::conntrack::answered`).
+    /// A half-open connection got its answer (TCP: a segment from the node
+    /// after the client's ACK of its SYN-ACK; UDP: the node's reply) and
+    /// moved from the half-open table to the established one, which only
+    /// such connections enter (see `forwarder_common::conntrack::answered`).
     FlowEstablished,
     /// A new connection took the SNAT port of a half-open one, because
     /// every port it tried was held: half-open connections (a SYN flood)

@@ -42,10 +42,15 @@ pub struct Found {
 }
 
 /// The entry a packet keyed `key` with `packet_seen` bits uses: the
-/// established table's, else the half-open table's, whose connection
-/// moves to the established table if this packet answers it. `None`: a
-/// new connection (see `nat::create` for an unusable entry left under
-/// `key` in the established table).
+/// established table's, else the half-open table's. `None`: a new
+/// connection (see `nat::create` for an unusable entry left under `key`
+/// in the established table).
+///
+/// A half-open original entry is used only with its reply entry: a new
+/// connection may have taken that key over (see `nat::create`), and
+/// translating with the original then would send this client's packets
+/// into the other connection's tuple. One more lookup, for the few
+/// packets of a connection before it is answered.
 #[inline(always)]
 pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Option<Found> {
     if let Some(ptr) = FLOWS.get_ptr_mut(key)
@@ -54,44 +59,51 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Option<Found> {
     {
         return Some(Found { table: Table::Established, ptr });
     }
-    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
+    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key) {
         // SAFETY: as above.
-        && usable(Table::HalfOpen, key, unsafe { &*ptr }, packet_seen, now)
-    {
-        return Some(promote(key, ptr, packet_seen).unwrap_or(Found { table: Table::HalfOpen, ptr }));
+        let entry = unsafe { &*ptr };
+        let whole = entry.flags & FLAG_REPLY != 0 || peer_of(Table::HalfOpen, key, entry).is_some();
+        if whole && usable(Table::HalfOpen, key, entry, packet_seen, now) {
+            return Some(Found { table: Table::HalfOpen, ptr });
+        }
     }
     None
 }
 
-/// Moves the half-open connection of `ptr` (keyed `key`) to the
-/// established table if this packet's `packet_seen` bits answer it; `None`
-/// if it stays (not answered, its peer gone, or no room: it then works on
-/// from the half-open table).
+/// Moves the half-open connection of the packet just forwarded (keyed
+/// `key`, its bits already recorded) to the established table if the
+/// packet answered it (see `forwarder_common::conntrack::answered`). It
+/// stays if not, if its peer is gone, or if the established table takes
+/// no entry (it then works on from the half-open table). Entries are
+/// inserted from where they are, not copied: the stack is small.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
 )]
-fn promote(key: &FlowKey, ptr: *mut FlowEntry, packet_seen: u8) -> Option<Found> {
-    // SAFETY: map value pointers from the lookup helper. The entries are
-    // inserted from where they are (no copies: the stack is small); a
-    // concurrent update is a packet's refresh, as recent either way.
+pub fn promote(key: &FlowKey, packet_seen: u8) {
+    let Some(ptr) = HALF_OPEN.get_ptr(key) else { return };
+    // SAFETY: map value pointers from the lookup helper; a concurrent
+    // update is a packet's refresh, as recent either way.
     let entry = unsafe { &*ptr };
-    let peer = unsafe { &*peer_of(Table::HalfOpen, key, entry)? };
-    let peer_key = entry.peer_key(key.proto);
-    let (original, reply) = directions(entry.flags, entry.seen | packet_seen, peer.seen);
-    if !answered(key.proto, original, reply) {
-        return None;
+    let Some(peer) = peer_of(Table::HalfOpen, key, entry) else { return };
+    let peer = unsafe { &*peer };
+    let from_node = entry.flags & FLAG_REPLY != 0;
+    let (original, reply) = directions(entry.flags, entry.seen, peer.seen);
+    if !answered(key.proto, from_node, packet_seen, original, reply) {
+        return;
     }
-    FLOWS.insert(&peer_key, peer, u64::from(BPF_ANY)).ok()?;
+    let peer_key = entry.peer_key(key.proto);
+    if FLOWS.insert(&peer_key, peer, u64::from(BPF_ANY)).is_err() {
+        return;
+    }
     if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         let _ = FLOWS.remove(&peer_key);
-        return None;
+        return;
     }
     let _ = HALF_OPEN.remove(key);
     let _ = HALF_OPEN.remove(&peer_key);
     stats::reason(Reason::FlowEstablished);
-    Some(Found { table: Table::Established, ptr: FLOWS.get_ptr_mut(key)? })
 }
 
 /// The entry keyed `key` in either table, as it is now.

@@ -146,7 +146,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             if let Some(first) = &first {
                 frag::remember(first);
             }
-            stats::forwarded(&entry, pkt.ip_len);
+            forwarded(&pkt, &entry, table, tracked.is_some());
             if hop.ifindex == ingress {
                 stats::reason(Reason::TxSameInterface);
                 Ok(Verdict::Tx)
@@ -163,7 +163,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             if let Some(first) = &first {
                 frag::remember(first);
             }
-            stats::forwarded(&entry, pkt.ip_len);
+            forwarded(&pkt, &entry, table, tracked.is_some());
             stats::reason(Reason::RedirectNeigh);
             Ok(Verdict::RedirectNeigh { ifindex, nexthop })
         }
@@ -172,6 +172,18 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             Ok(Verdict::HandToNeighHook)
         }
         Route::TooBig { mtu } => too_big(hook, &pkt, mtu),
+    }
+}
+
+/// Counts a packet translated with `entry` (from `table`; `tracked`: of a
+/// connection found, not created by this packet) as forwarded, and moves
+/// its connection to the established table if the packet answered it:
+/// only a packet that is forwarded changes its connection's state.
+#[inline(always)]
+fn forwarded(pkt: &Packet, entry: &FlowEntry, table: Table, tracked: bool) {
+    stats::forwarded(entry, pkt.ip_len);
+    if tracked && table == Table::HalfOpen {
+        conntrack::promote(&pkt.key, pkt.seen);
     }
 }
 

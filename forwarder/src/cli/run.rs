@@ -59,9 +59,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_FLOW_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_connections: u32,
     /// Capacity of the half-open table: connections not answered yet (TCP
-    /// before the client acknowledges the node's SYN-ACK, UDP before the
-    /// node replies) wait there, apart from established ones, so a flood
-    /// of spoofed SYNs evicts only its like.
+    /// until the node sends a segment after the client's ACK, UDP until
+    /// the node replies) wait there, apart from established ones, so a
+    /// flood of spoofed SYNs evicts only its like.
     #[arg(long, default_value_t = DEFAULT_MAX_HALF_OPEN_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_half_open: u32,
     /// Do not add managed neighbour entries for backends and gateways; the
