@@ -114,6 +114,12 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// Magic in the XDP metadata of a packet XDP hands to the TC fallback.
 pub const META_NEEDS_NEIGH: u32 = 0x4657_4e31; // "FWN1"
 
+/// The datapath's load-time constant (a `.rodata` global) saying whether
+/// XDP may tag packets with metadata: 1, or 0 where the kernel refuses
+/// `bpf_xdp_adjust_meta` to XDP programs. With 0 the verifier prunes the
+/// call, and the TC program beside XDP looks at everything XDP passed.
+pub const XDP_METADATA_GLOBAL: &str = "XDP_METADATA";
+
 /// Converts an address to wire order.
 #[inline]
 #[must_use]

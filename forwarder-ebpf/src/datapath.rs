@@ -47,6 +47,11 @@ pub trait Hook {
     /// Cuts the frame to its first `len` bytes and makes them directly
     /// writable; false if it could not. Invalidates pointers into the packet.
     fn shrink(&self, len: u32) -> bool;
+    /// Whether a packet passed untouched is counted under its reason: not
+    /// on a second look at a packet another hook already passed (and
+    /// counted). Asked only then, so that no flag is carried through the
+    /// datapath for the verifier to walk it twice.
+    fn counts_passes(&self) -> bool;
 }
 
 /// What to do with the packet.
@@ -74,8 +79,11 @@ pub fn process<H: Hook>(hook: &H) -> Verdict {
     match translate(hook) {
         Ok(verdict) => verdict,
         Err(reason) => {
-            stats::reason(reason);
-            if reason.is_drop() { Verdict::Drop } else { Verdict::Pass }
+            let drop = reason.is_drop();
+            if drop || hook.counts_passes() {
+                stats::reason(reason);
+            }
+            if drop { Verdict::Drop } else { Verdict::Pass }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! sets the real ones at load time.
 
 use aya_ebpf::{
+    Global,
     btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -86,3 +87,8 @@ pub static SECRET: Array<u64, 1> = Array::new();
 /// with `SERVICE_SOURCES_LIMITED` (see `maps::source_key_data`).
 #[btf_map]
 pub static SOURCES: LpmTrie<[u8; 8], u8, { MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();
+
+/// Whether XDP may tag the packets it hands to TC with metadata (see
+/// `forwarder_common::maps::XDP_METADATA_GLOBAL`); set by the loader.
+#[unsafe(no_mangle)]
+pub static XDP_METADATA: Global<u8> = Global::new(1);

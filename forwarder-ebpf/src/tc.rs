@@ -39,7 +39,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     datapath::{self, Hook, Verdict},
     fwd::AF_INET,
-    maps::SETTINGS,
+    maps::{SETTINGS, XDP_METADATA},
     nat,
     parse::{IP_CHECK_AT, Packet},
     stats,
@@ -48,7 +48,15 @@ use crate::{
 /// Ethernet + IPv4 without options + TCP without options.
 const HEADERS_LEN: u32 = 14 + 20 + 20;
 
-struct TcHook<'a>(&'a TcContext);
+/// The context, and whether the program runs beside XDP (on what XDP
+/// passed) rather than instead of it: a constant in each program.
+struct TcHook<'a>(&'a TcContext, Role);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    BesideXdp,
+    All,
+}
 
 impl Hook for TcHook<'_> {
     const RESOLVES_NEIGH: bool = true;
@@ -121,6 +129,16 @@ impl Hook for TcHook<'_> {
         // SAFETY: helpers on the program's own skb.
         unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 }
     }
+
+    /// Beside XDP, a packet XDP did not tag (where the kernel lets it
+    /// tag: see [`run_handed_over`]) was passed and counted by XDP.
+    #[inline(always)]
+    fn counts_passes(&self) -> bool {
+        self.1 == Role::All
+            || XDP_METADATA.load() != 0
+            || handed_over_by_xdp(self.0)
+            || setting(SETTING_TC_TRANSLATES_ALL)
+    }
 }
 
 /// Translates `pkt` as `entry` says: the headers directly, the checksums
@@ -151,24 +169,32 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, entry: &FlowEntry) -> bool {
 
 /// The TC program beside XDP: packets XDP handed over (or all of them,
 /// see `SETTING_TC_TRANSLATES_ALL`, for tests), then the verdict as a TC
-/// action.
+/// action. Where XDP cannot tag what it hands over (`XDP_METADATA` 0),
+/// every packet XDP passed gets the datapath again: those it handed over
+/// are translated, the rest pass as XDP decided, not counted twice.
 #[inline(always)]
 pub fn run_handed_over(ctx: &TcContext) -> i32 {
-    if !handed_over_by_xdp(ctx) && !setting(SETTING_TC_TRANSLATES_ALL) {
+    if XDP_METADATA.load() != 0 && !handed_over_by_xdp(ctx) && !setting(SETTING_TC_TRANSLATES_ALL) {
         return to_kernel(ctx);
     }
-    run_all(ctx)
+    run(&TcHook(ctx, Role::BesideXdp))
 }
 
 /// The TC program instead of XDP: the datapath on every packet, then the
 /// verdict as a TC action.
 #[inline(always)]
 pub fn run_all(ctx: &TcContext) -> i32 {
+    run(&TcHook(ctx, Role::All))
+}
+
+#[inline(always)]
+fn run(hook: &TcHook) -> i32 {
+    let ctx = hook.0;
     if ctx.data_end() - ctx.data() < HEADERS_LEN as usize {
         // SAFETY: the helper bounds the pull by the packet length itself.
         let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, HEADERS_LEN) };
     }
-    match datapath::process(&TcHook(ctx)) {
+    match datapath::process(hook) {
         Verdict::Pass | Verdict::HandToNeighHook => to_kernel(ctx),
         Verdict::Drop => TC_ACT_SHOT,
         // SAFETY (all three): helpers taking plain integers or a valid,

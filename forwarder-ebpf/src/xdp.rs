@@ -14,7 +14,7 @@ use forwarder_common::{
 
 use crate::{
     datapath::{self, Hook, Verdict},
-    maps::EGRESS,
+    maps::{EGRESS, XDP_METADATA},
     nat,
     parse::Packet,
     stats,
@@ -79,6 +79,12 @@ impl Hook for XdpHook<'_> {
         // SAFETY: the helper checks the new length against the frame.
         by <= 0 && unsafe { bpf_xdp_adjust_tail(self.0.ctx, by) } == 0
     }
+
+    /// XDP is the first to see a packet.
+    #[inline(always)]
+    fn counts_passes(&self) -> bool {
+        true
+    }
 }
 
 /// The XDP program: the datapath, then the verdict as an XDP action.
@@ -108,11 +114,15 @@ pub fn run(ctx: &XdpContext) -> u32 {
 }
 
 /// Tags the packet's metadata so the TC program knows XDP handed it over.
-/// Where the driver has no metadata support the packet still reaches the
-/// kernel untouched; TCP retransmits once the daemon's managed neighbour
-/// entry resolves.
+/// Where the kernel refuses XDP metadata (`XDP_METADATA` is 0) the TC
+/// program looks at every packet XDP passed instead. Where only the driver
+/// has no metadata room the packet reaches the kernel untouched; TCP
+/// retransmits once the daemon's managed neighbour entry resolves.
 #[inline(always)]
 fn mark_for_tc(ctx: &XdpContext) {
+    if XDP_METADATA.load() == 0 {
+        return;
+    }
     // SAFETY: `ctx` is the kernel's `xdp_md`; the helper checks the headroom.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) } != 0 {
         return;

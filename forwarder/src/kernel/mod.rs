@@ -7,9 +7,11 @@
 
 mod attach;
 pub(crate) mod batch;
+mod features;
 mod pins;
 
 pub use attach::{AttachChoice, Attachment, Hook, Plan, XdpMode};
+pub use features::Features;
 pub use pins::{PinError, Pins, remove_all as pins_remove_all};
 
 use aya::{
@@ -186,6 +188,20 @@ impl Kernel {
         log_level: aya_log::Level,
         pins: Option<Pins>,
     ) -> Result<Self, KernelError> {
+        Self::load_for(object, capacity, Features::probe(), log_level, pins)
+    }
+
+    /// Loads `object` for a kernel with `features` (tests force the
+    /// fallbacks of kernels they do not run on).
+    pub fn load_for(
+        object: Object,
+        capacity: Capacity,
+        features: Features,
+        log_level: aya_log::Level,
+        pins: Option<Pins>,
+    ) -> Result<Self, KernelError> {
+        let Features { xdp_metadata } = features;
+        let xdp_metadata = u8::from(xdp_metadata);
         let Capacity { max_services, max_backends, max_tables, max_flow_entries, max_half_open_entries } =
             capacity;
         let level = log_level as u8;
@@ -209,6 +225,7 @@ impl Kernel {
             .map_max_entries(names::FLOWS, max_flow_entries)
             .map_max_entries(names::HALF_OPEN, max_half_open_entries)
             .override_global(aya_log::LEVEL, &level, false)
+            .override_global(forwarder_common::maps::XDP_METADATA_GLOBAL, &xdp_metadata, true)
             .load(object.bytes)?;
         // Programs first: they hold their maps from then on, so the
         // user-space handles taken below may come and go.
