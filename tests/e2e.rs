@@ -520,9 +520,14 @@ fn a_syn_flood_breaks_no_established_connection_and_new_ones_still_open() {
         let established_before = reason_count(&lab, "flow_established");
         let mut report = FloodReport::default();
         let flood = lab.client.enter(|| {
+            // Under the flood the links drop packets (the flood and the
+            // connections share them), so TCP retransmits with backoff: a
+            // request may take seconds. Slow is not broken; a reset, a
+            // closed connection or another node is.
+            let patience = Duration::from_secs(60);
             let mut conns: Vec<(HttpConnection, String)> = (0..CONNECTIONS)
                 .map(|_| {
-                    let mut conn = HttpConnection::open(WEB).expect("open a connection");
+                    let mut conn = HttpConnection::open_within(WEB, patience).expect("open a connection");
                     let node = conn.get().expect("first request").node;
                     (conn, node)
                 })
@@ -546,7 +551,7 @@ fn a_syn_flood_breaks_no_established_connection_and_new_ones_still_open() {
                         )),
                     }
                 }
-                match http_get(WEB) {
+                match HttpConnection::open_within(WEB, patience).and_then(|mut conn| conn.get()) {
                     Ok(_) => report.new_connections += 1,
                     Err(err) => report.failures.push(format!("a new connection: {err:#}")),
                 }

@@ -92,10 +92,15 @@ pub enum Reason {
     /// every port it tried was held: half-open connections (a SYN flood)
     /// never keep a new connection out, established ones do.
     HalfOpenDisplaced,
+    /// A half-open connection whose reply entry was evicted or whose SNAT
+    /// port a newer half-open connection took got it back on its client's
+    /// next packet (not a SYN): the node knows the connection by that
+    /// tuple, and a new port would get a RST.
+    HalfOpenReclaimed,
 }
 
 /// Number of [`Reason`]s: the size of the reasons array.
-pub const REASON_COUNT: u32 = Reason::HalfOpenDisplaced as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::HalfOpenReclaimed as u32 + 1;
 
 impl Reason {
     /// Every reason, in index order.
@@ -126,6 +131,7 @@ impl Reason {
         Reason::FragmentTranslated,
         Reason::FlowEstablished,
         Reason::HalfOpenDisplaced,
+        Reason::HalfOpenReclaimed,
     ];
 
     /// Whether packets counted under this reason are dropped (else they are
@@ -175,6 +181,7 @@ impl Reason {
             Reason::FragmentTranslated => "fragment_translated",
             Reason::FlowEstablished => "flow_established",
             Reason::HalfOpenDisplaced => "half_open_displaced",
+            Reason::HalfOpenReclaimed => "half_open_reclaimed",
         }
     }
 }

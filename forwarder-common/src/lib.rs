@@ -6,6 +6,7 @@
 //! * [`hash`]: the flow hash that picks a Maglev slot and a SNAT port.
 //! * [`snat`]: the SNAT port range and the ports a new flow tries.
 //! * [`conntrack`]: per-flow state bits and the timeout policy.
+//! * [`origin`]: half-open connections' original direction (`ORIGINS`).
 //! * [`counters`]: the reasons a packet is passed, dropped or forwarded.
 //! * [`icmp`]: which ICMP errors are translated, and their checksums.
 //!
@@ -24,4 +25,5 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod maps;
+pub mod origin;
 pub mod snat;

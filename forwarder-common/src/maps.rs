@@ -30,11 +30,12 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const SOURCES: &str = "SOURCES";
     pub const SECRET: &str = "SECRET";
+    pub const ORIGINS: &str = "ORIGINS";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
     /// added later (SOURCES, SECRET, HALF_OPEN) is created and pinned by the first
     /// daemon that knows it, so adding one needs no layout version.
-    pub const PINNED: [&str; 12] = [
+    pub const PINNED: [&str; 13] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -47,6 +48,7 @@ pub mod names {
         SETTINGS,
         SOURCES,
         SECRET,
+        ORIGINS,
     ];
 }
 
@@ -92,10 +94,23 @@ pub const DEFAULT_MAX_TABLES: u32 = 1024;
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 /// Default capacity of the flow table, in entries (two per connection).
 pub const DEFAULT_MAX_FLOW_ENTRIES: u32 = 1 << 19;
-/// Default capacity of the half-open table, in entries (two per
-/// connection): where connections wait for their answer, apart from the
-/// established ones a SYN flood must not evict.
-pub const DEFAULT_MAX_HALF_OPEN_ENTRIES: u32 = 1 << 17;
+/// Default capacity of the half-open table, in entries (one per
+/// connection: its reply entry; see `origin`): where connections wait for
+/// their answer, apart from the established ones a SYN flood must not evict.
+pub const DEFAULT_MAX_HALF_OPEN_ENTRIES: u32 = 1 << 16;
+
+/// `ORIGINS` slots for a half-open table of `half_open_entries`: twice as
+/// many, a power of two, so that few live connections share a slot.
+#[must_use]
+pub const fn origin_slots(half_open_entries: u32) -> u32 {
+    let wanted = if half_open_entries > 1 << 30 { 1 << 31 } else { 2 * half_open_entries };
+    wanted.next_power_of_two()
+}
+
+/// The datapath's load-time constant (a `.rodata` global): `ORIGINS`
+/// slots minus one (they are a power of two). Set from the map actually
+/// used, which an adopted pin may size differently from what was asked.
+pub const ORIGINS_MASK_GLOBAL: &str = "ORIGINS_MASK";
 /// Default Maglev table length: prime, above 100 x the backends of a
 /// typical service, as Katran and Cilium size theirs.
 pub const DEFAULT_MAGLEV_LEN: u32 = 16381;
@@ -462,6 +477,8 @@ mod pod {
     unsafe impl aya::Pod for FragmentEntry {}
     // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
     unsafe impl aya::Pod for Settings {}
+    // SAFETY: `#[repr(C)]` plain data whose padding is explicit fields.
+    unsafe impl aya::Pod for crate::origin::Origin {}
 }
 
 #[cfg(test)]

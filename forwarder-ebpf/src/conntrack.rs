@@ -2,23 +2,30 @@
 //! to the established one. The policy (which timeout applies, when a
 //! connection is answered) lives in `forwarder_common::conntrack`, where
 //! host tests reach it.
+//!
+//! An established connection is two entries in `FLOWS`. A half-open one
+//! is its reply entry in `HALF_OPEN` and an `ORIGINS` slot for the
+//! client's direction (see `forwarder_common::origin`), which stands in
+//! for the original entry wherever one is read.
 
 use aya_ebpf::bindings::BPF_ANY;
 use forwarder_common::{
     conntrack::{
         FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS, answered,
-        directions, expired as past_timeout, reopens, timeout_ns,
+        expired as past_timeout, reopens, timeout_ns,
     },
     counters::Reason,
+    hash::flow_hash,
     maps::{FlowEntry, FlowKey, NextHop},
+    origin::{Origin, origin_slot},
 };
 
 use crate::{
-    maps::{FLOWS, FlowTable, HALF_OPEN},
+    maps::{FLOWS, FlowTable, HALF_OPEN, ORIGINS, ORIGINS_MASK, SCRATCH, SCRATCH_BUILD, SECRET},
     stats,
 };
 
-/// Which table a connection's entries are in (both in the same one).
+/// Which table a connection is in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Established,
@@ -35,47 +42,120 @@ impl Table {
     }
 }
 
-/// A packet's usable entry: where it is, and what it was when found.
-pub struct Found {
-    pub table: Table,
-    pub ptr: *mut FlowEntry,
+/// Where the state of a packet's direction of its connection is kept.
+#[derive(Clone, Copy)]
+pub enum At {
+    /// An entry of its table's map.
+    Entry(*mut FlowEntry),
+    /// A half-open connection's `ORIGINS` slot (the client's direction).
+    Origin(*mut Origin),
+}
+
+/// Which kind of state a packet's direction of its connection has (see
+/// [`At`]), without a pointer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Entry,
+    Origin,
+}
+
+/// What [`find`] found for a packet.
+pub enum Lookup {
+    /// The usable entry of the packet's direction, in `table`.
+    Usable { table: Table, ptr: *mut FlowEntry },
+    /// A usable half-open connection's client direction: its slot, and
+    /// its reply entry (see `Origin::entry`).
+    Origin { slot: *mut Origin, reply: *const FlowEntry },
+    /// A new connection. `stale`: an unusable entry of an earlier one is
+    /// left under the key in the established table (see `nat::create`).
+    New { stale: bool },
 }
 
 /// The entry a packet keyed `key` with `packet_seen` bits uses: the
-/// established table's, else the half-open table's. `None`: a new
-/// connection (see `nat::create` for an unusable entry left under `key`
-/// in the established table).
-///
-/// A half-open original entry is used only with its reply entry: a new
-/// connection may have taken that key over (see `nat::create`), and
-/// translating with the original then would send this client's packets
-/// into the other connection's tuple. One more lookup, for the few
-/// packets of a connection before it is answered.
+/// established table's, else a half-open connection's (its reply entry,
+/// or its client direction from `ORIGINS`).
 #[inline(always)]
-pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Option<Found> {
-    if let Some(ptr) = FLOWS.get_ptr_mut(key)
+pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Lookup {
+    let established = FLOWS.get_ptr_mut(key);
+    if let Some(ptr) = established
         // SAFETY: a map value pointer from the lookup helper.
         && usable(Table::Established, key, unsafe { &*ptr }, packet_seen, now)
     {
-        return Some(Found { table: Table::Established, ptr });
+        return Lookup::Usable { table: Table::Established, ptr };
     }
-    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key) {
+    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
         // SAFETY: as above.
-        let entry = unsafe { &*ptr };
-        let whole = entry.flags & FLAG_REPLY != 0 || peer_of(Table::HalfOpen, key, entry).is_some();
-        if whole && usable(Table::HalfOpen, key, entry, packet_seen, now) {
-            return Some(Found { table: Table::HalfOpen, ptr });
-        }
+        && usable(Table::HalfOpen, key, unsafe { &*ptr }, packet_seen, now)
+    {
+        return Lookup::Usable { table: Table::HalfOpen, ptr };
     }
-    None
+    if let Some((slot, reply)) = origin(key)
+        // SAFETY: map value pointers from `origin`.
+        && origin_usable(key, unsafe { &*slot }, unsafe { &*reply }, packet_seen, now)
+    {
+        return Lookup::Origin { slot, reply };
+    }
+    Lookup::New { stale: established.is_some() }
 }
 
-/// Moves the half-open connection of the packet just forwarded (keyed
-/// `key`, its bits already recorded) to the established table if the
-/// packet answered it (see `forwarder_common::conntrack::answered`). It
-/// stays if not, if its peer is gone, or if the established table takes
-/// no entry (it then works on from the half-open table). Entries are
-/// inserted from where they are, not copied: the stack is small.
+/// [`usable`] for a half-open connection's client direction, from its
+/// slot and its reply entry (the peer), without building the entry.
+#[inline(always)]
+fn origin_usable(key: &FlowKey, slot: &Origin, reply: &FlowEntry, packet_seen: u8, now: u64) -> bool {
+    if reopens(slot.seen, packet_seen) {
+        return false;
+    }
+    if now.saturating_sub(slot.last_seen_ns) <= REFRESH_INTERVAL_NS {
+        return true;
+    }
+    let last = if reply.last_seen_ns > slot.last_seen_ns { reply.last_seen_ns } else { slot.last_seen_ns };
+    !past_timeout(now, last, timeout_ns(key.proto, slot.seen, reply.seen))
+}
+
+/// The `ORIGINS` slot a client tuple `key` (whose flow hash is `hash`) uses.
+#[inline(always)]
+pub fn slot_of(key_hash: u32) -> Option<*mut Origin> {
+    let secret = SECRET.get(0).copied().unwrap_or(0);
+    ORIGINS.get_ptr_mut(origin_slot(secret, key_hash, ORIGINS_MASK.load()))
+}
+
+/// The slot and reply entry of the half-open connection whose client
+/// tuple is `key`: the slot must be whole and name `key`, and the reply
+/// entry it names must translate back to `key` (a newer connection may
+/// have taken the slot, or the reply key).
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+fn origin(key: &FlowKey) -> Option<(*mut Origin, *const FlowEntry)> {
+    let slot = slot_of(flow_hash(key.src, key.dst, key.sport, key.dport, key.proto))?;
+    // SAFETY: a map value pointer from the lookup helper.
+    let described = unsafe { &*slot };
+    if !described.describes(key) {
+        return None;
+    }
+    let reply = HALF_OPEN.get_ptr(&described.reply)?;
+    // SAFETY: as above.
+    unsafe { &*reply }.pairs_with(key).then_some((slot, reply))
+}
+
+/// The slot of the half-open connection whose client tuple is `key` and
+/// whose reply entry is keyed `reply` (its caller holds that entry).
+#[inline(always)]
+fn origin_of_reply(key: &FlowKey, reply: &FlowKey) -> Option<*mut Origin> {
+    let slot = slot_of(flow_hash(key.src, key.dst, key.sport, key.dport, key.proto))?;
+    // SAFETY: a map value pointer from the lookup helper.
+    let described = unsafe { &*slot };
+    (described.describes(key) && described.reply == *reply).then_some(slot)
+}
+
+/// Moves the half-open connection of the reply packet just forwarded
+/// (keyed `key`, its bits already recorded) to the established table if
+/// the packet answered it (see `forwarder_common::conntrack::answered`):
+/// its reply entry, and its original entry built from its slot. It stays
+/// if not, if its slot is gone, or if the established table takes no entry
+/// (it then works on from the half-open table).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -83,37 +163,45 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Option<Found> {
 )]
 pub fn promote(key: &FlowKey, packet_seen: u8) {
     let Some(ptr) = HALF_OPEN.get_ptr(key) else { return };
-    // SAFETY: map value pointers from the lookup helper; a concurrent
+    // SAFETY: a map value pointer from the lookup helper; a concurrent
     // update is a packet's refresh, as recent either way.
-    let entry = unsafe { &*ptr };
-    let Some(peer) = peer_of(Table::HalfOpen, key, entry) else { return };
-    let peer = unsafe { &*peer };
-    let from_node = entry.flags & FLAG_REPLY != 0;
-    let (original, reply) = directions(entry.flags, entry.seen, peer.seen);
-    if !answered(key.proto, from_node, packet_seen, original, reply) {
+    let reply = unsafe { &*ptr };
+    let original_key = reply.peer_key(key.proto);
+    let Some(slot) = origin_of_reply(&original_key, key) else { return };
+    // SAFETY: as above.
+    let slot = unsafe { &*slot };
+    if !answered(key.proto, true, packet_seen, slot.seen, reply.seen) {
         return;
     }
-    let peer_key = entry.peer_key(key.proto);
-    if FLOWS.insert(&peer_key, peer, u64::from(BPF_ANY)).is_err() {
+    // The original entry is built in per-CPU scratch memory: the stack
+    // has no room for it.
+    let Some(original) = SCRATCH.get_ptr_mut(SCRATCH_BUILD) else { return };
+    // SAFETY: this CPU's scratch slot, used at once.
+    let original = unsafe { &mut *original };
+    *original = slot.entry(reply);
+    if FLOWS.insert(key, reply, u64::from(BPF_ANY)).is_err() {
         return;
     }
-    if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
-        let _ = FLOWS.remove(&peer_key);
+    if FLOWS.insert(&original_key, original, u64::from(BPF_ANY)).is_err() {
+        let _ = FLOWS.remove(key);
         return;
     }
     let _ = HALF_OPEN.remove(key);
-    let _ = HALF_OPEN.remove(&peer_key);
     stats::reason(Reason::FlowEstablished);
 }
 
-/// The entry keyed `key` in either table, as it is now.
+/// The entry keyed `key` in either table, as it is now (a half-open
+/// connection's original as its slot describes it).
 #[inline(always)]
 pub fn get(key: &FlowKey) -> Option<(Table, FlowEntry)> {
     // SAFETY: map value pointers from the lookup helper, copied at once.
     if let Some(entry) = FLOWS.get_ptr(key) {
         return Some((Table::Established, unsafe { *entry }));
     }
-    HALF_OPEN.get_ptr(key).map(|entry| (Table::HalfOpen, unsafe { *entry }))
+    if let Some(entry) = HALF_OPEN.get_ptr(key) {
+        return Some((Table::HalfOpen, unsafe { *entry }));
+    }
+    origin(key).map(|(slot, reply)| (Table::HalfOpen, unsafe { (*slot).entry(&*reply) }))
 }
 
 /// The shortest timeout of any state: an entry refreshed more recently than
@@ -129,16 +217,53 @@ pub fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }
 
+/// What a connection's other direction says of it.
+#[derive(Clone, Copy)]
+pub struct Peer {
+    pub seen: u8,
+    pub last_seen_ns: u64,
+    /// The interface its translated packets leave by (0: not known yet).
+    pub hop_ifindex: u32,
+}
+
+/// The other direction of `entry`'s connection (`entry` is keyed `key`,
+/// in `table`), if it is still there and still its peer: the other entry,
+/// or for a half-open reply entry its slot.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+pub fn peer(table: Table, key: &FlowKey, entry: &FlowEntry) -> Option<Peer> {
+    let peer_key = entry.peer_key(key.proto);
+    if table == Table::HalfOpen && entry.flags & FLAG_REPLY != 0 {
+        // SAFETY: a map value pointer from the lookup helper.
+        let slot = unsafe { &*origin_of_reply(&peer_key, key)? };
+        return Some(Peer {
+            seen: slot.seen,
+            last_seen_ns: slot.last_seen_ns,
+            hop_ifindex: slot.hop.ifindex,
+        });
+    }
+    // SAFETY: as above.
+    let other = unsafe { &*table.map().get_ptr(&peer_key)? };
+    other.pairs_with(key).then_some(Peer {
+        seen: other.seen,
+        last_seen_ns: other.last_seen_ns,
+        hop_ifindex: other.hop.ifindex,
+    })
+}
+
 /// Whether the connection of `entry` (keyed `key`) has expired: its two
-/// entries are judged together (latest refresh, flags of both
-/// directions); an entry without its peer is judged alone, so an orphan
-/// the node still sends on stays its connection's until it falls quiet.
+/// directions are judged together (latest refresh, flags of both); an
+/// entry without its peer is judged alone, so an orphan the node still
+/// sends on stays its connection's until it falls quiet.
 #[inline(always)]
 pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
     if now.saturating_sub(entry.last_seen_ns) <= ALIVE_FOR_SURE_NS {
         return false;
     }
-    expired_with(entry, peer_of(table, key, entry), key.proto, now)
+    expired_with(entry, peer(table, key, entry), key.proto, now)
 }
 
 /// Whether the closed connection of `entry` (keyed `key`) may give its
@@ -151,38 +276,38 @@ pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool
 /// out ([`expired`]).
 #[inline(always)]
 pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
-    let peer = peer_of(table, key, entry);
-    // SAFETY: a map value pointer from the lookup helper.
-    let (peer_seen, peer_last) = peer.map_or((0, 0), |p| unsafe { ((*p).seen, (*p).last_seen_ns) });
-    let (original, reply) = directions(entry.flags, entry.seen, peer_seen);
+    let peer = peer(table, key, entry);
+    let (peer_seen, peer_last) = peer.map_or((0, 0), |p| (p.seen, p.last_seen_ns));
+    let (original, reply) = directions(entry, peer_seen);
     let last = if peer_last > entry.last_seen_ns { peer_last } else { entry.last_seen_ns };
     original & reply & SEEN_FIN != 0
         && (original | reply) & SEEN_RST == 0
         && past_timeout(now, last, TCP_CLOSED_TIMEOUT_NS)
 }
 
-/// The other entry of `entry`'s connection (`entry` is keyed `key`, in
-/// `table`), if it is still there and still its peer.
+/// `entry`'s connection's bits as (original direction, reply direction).
 #[inline(always)]
-pub fn peer_of(table: Table, key: &FlowKey, entry: &FlowEntry) -> Option<*const FlowEntry> {
-    let peer = table.map().get_ptr(entry.peer_key(key.proto))?;
-    // SAFETY: a map value pointer from the lookup helper.
-    unsafe { &*peer }.pairs_with(key).then_some(peer)
+fn directions(entry: &FlowEntry, peer_seen: u8) -> (u8, u8) {
+    forwarder_common::conntrack::directions(entry.flags, entry.seen, peer_seen)
+}
+
+/// [`expired`] for `entry` judged without its peer.
+#[inline(always)]
+pub fn expired_alone(entry: &FlowEntry, proto: u8, now: u64) -> bool {
+    now.saturating_sub(entry.last_seen_ns) > ALIVE_FOR_SURE_NS && expired_with(entry, None, proto, now)
 }
 
 /// [`expired`], with `entry`'s peer (`None`: gone) looked up by the caller.
 #[inline(always)]
-fn expired_with(entry: &FlowEntry, peer: Option<*const FlowEntry>, proto: u8, now: u64) -> bool {
+fn expired_with(entry: &FlowEntry, peer: Option<Peer>, proto: u8, now: u64) -> bool {
     let (mut peer_seen, mut last) = (0, entry.last_seen_ns);
     if let Some(peer) = peer {
-        // SAFETY: a map value pointer from the lookup helper.
-        let peer = unsafe { &*peer };
         peer_seen = peer.seen;
         if peer.last_seen_ns > last {
             last = peer.last_seen_ns;
         }
     }
-    let (original, reply) = directions(entry.flags, entry.seen, peer_seen);
+    let (original, reply) = directions(entry, peer_seen);
     past_timeout(now, last, timeout_ns(proto, original, reply))
 }
 
@@ -205,7 +330,7 @@ pub fn usable(table: Table, key: &FlowKey, entry: &FlowEntry, packet_seen: u8, n
     if !refresh_due(entry, now) {
         return true;
     }
-    let peer = peer_of(table, key, entry);
+    let peer = peer(table, key, entry);
     if original && peer.is_none() {
         return false;
     }
@@ -219,48 +344,91 @@ pub fn refresh_due(entry: &FlowEntry, now: u64) -> bool {
     now.saturating_sub(entry.last_seen_ns) > REFRESH_INTERVAL_NS
 }
 
-/// Records a forwarded packet on `entry` (keyed `key`), writing only when
-/// something changed so an established flow's cache line stays shared
-/// between CPUs. The node's FIN, when it comes before the client's, is
-/// marked (`SEEN_FIN_FIRST`): the node then holds the tuple in TIME_WAIT,
-/// which the connection's timeout waits out. One peer lookup per
-/// connection, on its first reply FIN.
+/// Records a forwarded packet of the connection `entry` found (keyed
+/// `key` in `table`, state kept at `at`), writing only when something
+/// changed so an established flow's cache line stays shared between CPUs.
+/// The node's FIN, when it comes before the client's, is marked
+/// (`SEEN_FIN_FIRST`): the node then holds the tuple in TIME_WAIT, which
+/// the connection's timeout waits out. One peer lookup per connection, on
+/// its first reply FIN.
 ///
 /// Concurrent updates from other CPUs race benignly: both store a recent
 /// time, or OR in flags.
 #[inline(always)]
-pub fn touch(table: Table, key: &FlowKey, entry: &mut FlowEntry, packet_seen: u8, now: u64) {
-    if refresh_due(entry, now) {
-        entry.last_seen_ns = now;
-    }
-    let mut seen = entry.seen | packet_seen;
-    if seen != entry.seen {
-        let first_fin = packet_seen & SEEN_FIN != 0 && entry.seen & SEEN_FIN == 0;
-        if first_fin && entry.flags & FLAG_REPLY != 0 {
-            // SAFETY: a map value pointer from the lookup helper.
-            let peer_closed =
-                peer_of(table, key, entry).is_some_and(|peer| unsafe { (*peer).seen } & SEEN_FIN != 0);
-            if !peer_closed {
-                seen |= SEEN_FIN_FIRST;
+pub fn touch(table: Table, key: &FlowKey, at: At, packet_seen: u8, now: u64) {
+    match at {
+        At::Entry(ptr) => {
+            // SAFETY: a map value pointer from the lookup helper, used at once.
+            let entry = unsafe { &mut *ptr };
+            if refresh_due(entry, now) {
+                entry.last_seen_ns = now;
+            }
+            let mut seen = entry.seen | packet_seen;
+            if seen != entry.seen {
+                let first_fin = packet_seen & SEEN_FIN != 0 && entry.seen & SEEN_FIN == 0;
+                if first_fin && entry.flags & FLAG_REPLY != 0 {
+                    let peer_closed = peer(table, key, entry).is_some_and(|peer| peer.seen & SEEN_FIN != 0);
+                    if !peer_closed {
+                        seen |= SEEN_FIN_FIRST;
+                    }
+                }
+                entry.seen = seen;
             }
         }
-        entry.seen = seen;
+        At::Origin(slot) => {
+            // SAFETY: a map value pointer from the lookup helper, used at once.
+            let slot = unsafe { &mut *slot };
+            if now.saturating_sub(slot.last_seen_ns) > REFRESH_INTERVAL_NS {
+                slot.last_seen_ns = now;
+            }
+            if slot.seen | packet_seen != slot.seen {
+                slot.seen |= packet_seen;
+            }
+        }
     }
 }
 
-/// Records a forwarded packet on the flow keyed `key` in `table` (looked up afresh)
-/// and, with `hop`, the next hop its route lookup found for a packet of
-/// IPv4 total length `len` (a racing writer stores an answer as recent; at
-/// worst a packet looks the route up once more).
+/// Records a forwarded packet of the connection keyed `key` in `table`,
+/// its state of `kind` (looked up afresh: LRU entries are recycled at
+/// once, and a slot may meanwhile be another connection's) and, with
+/// `hop`, the next hop its route lookup found for a packet of IPv4 total
+/// length `len` (a racing writer stores an answer as recent; at worst a
+/// packet looks the route up once more).
 #[inline(always)]
-pub fn record(table: Table, key: &FlowKey, packet_seen: u8, now: u64, hop: Option<(NextHop, u16)>) {
-    if let Some(entry) = table.map().get_ptr_mut(key) {
-        // SAFETY: a map value pointer from the lookup helper, used at once.
-        let entry = unsafe { &mut *entry };
-        if let Some((hop, len)) = hop {
-            entry.hop = hop;
-            entry.hop_len = len;
+pub fn record(
+    table: Table,
+    kind: Kind,
+    key: &FlowKey,
+    packet_seen: u8,
+    now: u64,
+    hop: Option<(NextHop, u16)>,
+) {
+    match kind {
+        Kind::Entry => {
+            let Some(entry) = table.map().get_ptr_mut(key) else { return };
+            if let Some((hop, len)) = hop {
+                // SAFETY: a map value pointer from the lookup helper, used at once.
+                let entry = unsafe { &mut *entry };
+                entry.hop = hop;
+                entry.hop_len = len;
+            }
+            touch(table, key, At::Entry(entry), packet_seen, now);
         }
-        touch(table, key, entry, packet_seen, now);
+        Kind::Origin => {
+            let Some(slot) = slot_of(flow_hash(key.src, key.dst, key.sport, key.dport, key.proto)) else {
+                return;
+            };
+            // SAFETY: an `ORIGINS` value pointer, used at once. The key
+            // alone is checked: a slot torn elsewhere is still refused by
+            // its readers, whose reply entry must pair with the key.
+            let described = unsafe { &mut *slot };
+            if described.key != *key {
+                return;
+            }
+            if let Some((hop, len)) = hop {
+                described.set_hop(&hop, len);
+            }
+            touch(table, key, At::Origin(slot), packet_seen, now);
+        }
     }
 }

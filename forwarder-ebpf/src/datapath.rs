@@ -6,14 +6,16 @@
 
 use core::ffi::c_void;
 
-use forwarder_common::{counters::Reason, hash::flow_hash, maps::FlowEntry};
+use forwarder_common::{conntrack::FLAG_REPLY, counters::Reason, hash::flow_hash, maps::FlowEntry};
 use network_types::eth::EthHdr;
 
 use crate::{
-    conntrack::{self, Found, Table},
+    conntrack::{self, At, Kind, Lookup, Table},
     frag,
     fwd::{self, Route},
-    icmp, lb, nat,
+    icmp, lb,
+    maps::{SCRATCH, SCRATCH_PACKET},
+    nat,
     parse::{Packet, parse},
     pmtu, stats,
 };
@@ -98,63 +100,82 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     let now = conntrack::now_ns();
     let wire_len = hook.wire_len(&pkt);
     // The flow's entry, and its cached next hop unless due for a check or
-    // the packet is longer than the one the route (and MTU) was checked for.
-    let (entry, table, tracked, cached) = match conntrack::find(&pkt.key, pkt.seen, now) {
-        Some(Found { table, ptr }) => {
-            // SAFETY: a map value pointer from the lookup helper, copied so
-            // later map updates cannot alias it.
-            let entry = unsafe { *ptr };
-            let cached =
-                entry.hop.ifindex != 0 && !conntrack::refresh_due(&entry, now) && wire_len <= entry.hop_len;
-            (entry, table, Some(ptr), cached)
+    // the packet is longer than the one the route (and MTU) was checked
+    // for. The entry lives in per-CPU scratch memory: the stack has no
+    // room. Only a packet that is forwarded changes its connection's
+    // state: a spoofed RST that would expire (TTL 1) or has no route never
+    // reaches the node, so it must not close the connection here either.
+    // The common case (a cached next hop) records it where it was just
+    // found; after a route lookup it is looked up again (see
+    // `conntrack::record`). Map pointers go no further than this match:
+    // states that differ only in which map a pointer is into would each
+    // be walked by the verifier through the rest of the program.
+    // SAFETY: this CPU's scratch slot for the packet's entry.
+    let entry = unsafe { &mut *SCRATCH.get_ptr_mut(SCRATCH_PACKET).ok_or(Reason::PassMalformed)? };
+    let (table, kind, tracked, cached) = match conntrack::find(&pkt.key, pkt.seen, now) {
+        Lookup::Usable { table, ptr } => {
+            // SAFETY: a map value pointer from the lookup helper, copied
+            // so later map updates cannot alias it.
+            *entry = unsafe { *ptr };
+            if pkt.ttl() <= 1 {
+                return Err(Reason::PassTtlExpired);
+            }
+            let cached = hop_cached(entry, now, wire_len);
+            if cached {
+                conntrack::touch(table, &pkt.key, At::Entry(ptr), pkt.seen, now);
+            }
+            (table, Kind::Entry, true, cached)
         }
-        None => (new_flow(&pkt, now)?, Table::HalfOpen, None, false),
+        Lookup::Origin { slot, reply } => {
+            // SAFETY: map value pointers from the lookup helper.
+            *entry = unsafe { (*slot).entry(&*reply) };
+            if pkt.ttl() <= 1 {
+                return Err(Reason::PassTtlExpired);
+            }
+            let cached = hop_cached(entry, now, wire_len);
+            if cached {
+                conntrack::touch(Table::HalfOpen, &pkt.key, At::Origin(slot), pkt.seen, now);
+            }
+            (Table::HalfOpen, Kind::Origin, true, cached)
+        }
+        Lookup::New { stale } => {
+            new_flow(&pkt, now, stale, entry)?;
+            (Table::HalfOpen, Kind::Origin, false, false)
+        }
     };
-    if pkt.ttl() <= 1 {
-        return Err(Reason::PassTtlExpired);
-    }
+    let entry: &FlowEntry = entry;
     let ingress = hook.ingress_ifindex();
-    // Only a packet that is forwarded changes its connection's state: a
-    // spoofed RST that would expire (TTL 1) or has no route never reaches
-    // the node, so it must not close the connection here either. The
-    // common case (a cached next hop) records it through the pointer just
-    // found; after a route lookup the entry is looked up again, since LRU
-    // entries are recycled at once and the pointer may meanwhile name
-    // another flow's.
-    let route = match (cached, tracked) {
-        (true, Some(found)) => {
-            // SAFETY: the map value pointer found above, used at once.
-            conntrack::touch(table, &pkt.key, unsafe { &mut *found }, pkt.seen, now);
-            Route::Via(entry.hop)
+    let route = if cached {
+        Route::Via(entry.hop)
+    } else {
+        let route = fwd::route(hook.ctx(), ingress, &pkt, wire_len, entry)?;
+        if let Route::TooBig { mtu } = route {
+            return too_big(hook, &pkt, mtu);
         }
-        _ => {
-            let route = fwd::route(hook.ctx(), ingress, &pkt, wire_len, &entry)?;
-            if let Route::TooBig { mtu } = route {
-                return too_big(hook, &pkt, mtu);
+        match &route {
+            Route::Via(hop) => {
+                conntrack::record(table, kind, &pkt.key, pkt.seen, now, Some((*hop, wire_len)))
             }
-            match &route {
-                Route::Via(hop) => conntrack::record(table, &pkt.key, pkt.seen, now, Some((*hop, wire_len))),
-                Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
-                    conntrack::record(table, &pkt.key, pkt.seen, now, None)
-                }
-                // The TC program translates (and records) it.
-                Route::NoNeigh { .. } | Route::TooBig { .. } => {}
+            Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
+                conntrack::record(table, kind, &pkt.key, pkt.seen, now, None)
             }
-            route
+            // The TC program translates (and records) it.
+            Route::NoNeigh { .. } | Route::TooBig { .. } => {}
         }
+        route
     };
     match route {
         Route::Via(hop) => {
             // SAFETY: `eth` was bounds-checked by `parse`.
             unsafe { fwd::set_macs(pkt.eth, &hop) };
-            let first = pkt.first_fragment().then(|| frag::first(&pkt, &entry, now, ingress));
-            if !hook.rewrite(&pkt, &entry) {
+            let first = pkt.first_fragment().then(|| frag::first(&pkt, entry, now, ingress));
+            if !hook.rewrite(&pkt, entry) {
                 return Err(Reason::DropRedirectFailed);
             }
             if let Some(first) = &first {
                 frag::remember(first);
             }
-            forwarded(&pkt, &entry, table, tracked.is_some());
+            forwarded(&pkt, entry, table, tracked);
             if hop.ifindex == ingress {
                 stats::reason(Reason::TxSameInterface);
                 Ok(Verdict::Tx)
@@ -164,14 +185,14 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             }
         }
         Route::NoNeigh { ifindex, nexthop } if H::RESOLVES_NEIGH => {
-            let first = pkt.first_fragment().then(|| frag::first(&pkt, &entry, now, ingress));
-            if !hook.rewrite(&pkt, &entry) {
+            let first = pkt.first_fragment().then(|| frag::first(&pkt, entry, now, ingress));
+            if !hook.rewrite(&pkt, entry) {
                 return Err(Reason::DropRedirectFailed);
             }
             if let Some(first) = &first {
                 frag::remember(first);
             }
-            forwarded(&pkt, &entry, table, tracked.is_some());
+            forwarded(&pkt, entry, table, tracked);
             stats::reason(Reason::RedirectNeigh);
             Ok(Verdict::RedirectNeigh { ifindex, nexthop })
         }
@@ -183,14 +204,23 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     }
 }
 
+/// Whether `entry`'s next hop may be used without a route lookup: there
+/// is one, it is not due for a check, and it was looked up for a packet
+/// at least as long as this one (`wire_len`).
+#[inline(always)]
+fn hop_cached(entry: &FlowEntry, now: u64, wire_len: u16) -> bool {
+    entry.hop.ifindex != 0 && !conntrack::refresh_due(entry, now) && wire_len <= entry.hop_len
+}
+
 /// Counts a packet translated with `entry` (from `table`; `tracked`: of a
 /// connection found, not created by this packet) as forwarded, and moves
-/// its connection to the established table if the packet answered it:
-/// only a packet that is forwarded changes its connection's state.
+/// its connection to the established table if the packet answered it
+/// (only the node answers, with a reply entry's packet): only a packet
+/// that is forwarded changes its connection's state.
 #[inline(always)]
 fn forwarded(pkt: &Packet, entry: &FlowEntry, table: Table, tracked: bool) {
     stats::forwarded(entry, pkt.ip_len);
-    if tracked && table == Table::HalfOpen {
+    if tracked && table == Table::HalfOpen && entry.flags & FLAG_REPLY != 0 {
         conntrack::promote(&pkt.key, pkt.seen);
     }
 }
@@ -216,9 +246,11 @@ fn too_big<H: Hook>(hook: &H, pkt: &Packet, mtu: u16) -> Result<Verdict, Reason>
     Ok(Verdict::Redirect(hook.ingress_ifindex()))
 }
 
-/// A packet without a usable flow: if it is for a service, start a connection.
+/// A packet without a usable flow: if it is for a service, start a
+/// connection (`stale`: see [`conntrack::Lookup`]); its original entry
+/// goes to `entry`.
 #[inline(always)]
-fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
+fn new_flow(pkt: &Packet, now: u64, stale: bool, entry: &mut FlowEntry) -> Result<(), Reason> {
     let service = lb::service(&pkt.key).ok_or(Reason::PassNoService)?;
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
@@ -229,9 +261,9 @@ fn new_flow(pkt: &Packet, now: u64) -> Result<FlowEntry, Reason> {
     let key = &pkt.key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;
-    let entry = nat::create(pkt, &service, &backend, hash, now)?;
-    stats::new_flow(&entry);
-    Ok(entry)
+    nat::create(pkt, &service, &backend, hash, now, stale, entry)?;
+    stats::new_flow(entry);
+    Ok(())
 }
 
 /// How a packet translated outside a connection's own path (an ICMP

@@ -151,12 +151,8 @@ fn worth_a_look<H: Hook>(hook: &H) -> Result<(), Reason> {
 /// the other side cannot pose as a router on this one.
 #[inline(always)]
 fn from_where_it_went(table: Table, key: &FlowKey, entry: &FlowEntry, ingress: u32) -> bool {
-    match table.map().get_ptr(entry.peer_key(key.proto)) {
-        // SAFETY: a map value pointer from the lookup helper, read at once.
-        Some(peer) => {
-            let left_by = unsafe { (*peer).hop.ifindex };
-            left_by == 0 || left_by == ingress
-        }
+    match conntrack::peer(table, key, entry) {
+        Some(peer) => peer.hop_ifindex == 0 || peer.hop_ifindex == ingress,
         None => true,
     }
 }

@@ -20,6 +20,7 @@ pub mod maps;
 pub mod nat;
 pub mod parse;
 pub mod pmtu;
+pub mod ports;
 pub mod stats;
 pub mod tc;
 pub mod xdp;

@@ -12,8 +12,9 @@ use forwarder_common::{
         BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
         MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_PREFIXES, ServiceEntry,
-        ServiceKey, Settings, backend_entries,
+        ServiceKey, Settings, backend_entries, origin_slots,
     },
+    origin::Origin,
 };
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
@@ -52,9 +53,17 @@ pub type FlowTable = LruHashMap<FlowKey, FlowEntry, MAX_FLOWS>;
 #[btf_map]
 pub static FLOWS: FlowTable = LruHashMap::new();
 
-/// Connections waiting for their answer, evicted among themselves.
+/// Connections waiting for their answer, evicted among themselves: their
+/// reply entries (see `forwarder_common::origin`).
 #[btf_map]
 pub static HALF_OPEN: FlowTable = LruHashMap::new();
+
+const MAX_ORIGINS: usize = origin_slots(forwarder_common::maps::DEFAULT_MAX_HALF_OPEN_ENTRIES) as usize;
+
+/// The original direction of half-open connections, by a keyed hash of
+/// the client's tuple (see `forwarder_common::origin`).
+#[btf_map]
+pub static ORIGINS: Array<Origin, MAX_ORIGINS> = Array::new();
 
 /// First fragments translated, for their datagrams' later fragments (see `frag`).
 #[btf_map]
@@ -92,3 +101,16 @@ pub static SOURCES: LpmTrie<[u8; 8], u8, { MAX_SOURCE_PREFIXES as usize }> = Lpm
 /// `forwarder_common::maps::XDP_METADATA_GLOBAL`); set by the loader.
 #[unsafe(no_mangle)]
 pub static XDP_METADATA: Global<u8> = Global::new(1);
+
+/// Per-CPU room for connection entries, which the 512-byte stack has
+/// none to spare for: the entry a packet is translated with
+/// ([`SCRATCH_PACKET`]) and one being built ([`SCRATCH_BUILD`]). A CPU
+/// runs one program at a time, start to end.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
+pub const SCRATCH_PACKET: u32 = 0;
+pub const SCRATCH_BUILD: u32 = 1;
+
+/// `ORIGINS` slots minus one; set by the loader from the map it uses.
+#[unsafe(no_mangle)]
+pub static ORIGINS_MASK: Global<u32> = Global::new(MAX_ORIGINS as u32 - 1);

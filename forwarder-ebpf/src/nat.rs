@@ -1,27 +1,32 @@
-//! Creating a connection's translation (both entries, SNAT port included,
-//! in the half-open table) and applying a translation to a packet.
+//! Creating a connection's translation (its reply entry in the half-open
+//! table, SNAT port included, and its `ORIGINS` slot) and applying a
+//! translation to a packet.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use forwarder_common::{
-    conntrack::{FLAG_REPLY, FLAG_SNAT},
+    conntrack::{FLAG_REPLY, FLAG_SNAT, SEEN_ACK, SEEN_RST, SEEN_SYN, TCP_SYN_TIMEOUT_NS},
     counters::Reason,
     csum,
-    maps::{Backend, FlowEntry, FlowKey, NatMode, ServiceEntry, wire_port},
-    snat::{SNAT_PORT_TRIES, snat_port},
+    maps::{Backend, FlowEntry, FlowKey, NatMode, ServiceEntry},
+    origin::Origin,
 };
 
 use crate::{
     conntrack::{self, Table},
-    maps::{FLOWS, HALF_OPEN, SECRET},
+    maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
     parse::Packet,
-    stats,
+    ports, stats,
 };
 
 /// `EEXIST` (no errno constants in the BPF target's libraries).
 const EEXIST: i32 = 17;
 
-/// Creates the connection for `pkt` towards `backend`, in the half-open
-/// table, and returns the original-direction entry to translate `pkt` with.
+/// Creates the connection for `pkt` (whose flow hash is `hash`) towards
+/// `backend`: its reply entry in the half-open table, which claims the
+/// reply tuple, and its slot for the client's direction. Writes the
+/// original-direction entry to translate `pkt` with to `entry`.
+/// `stale`: an unusable entry of an earlier connection is left under the
+/// packet's key in the established table.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -33,77 +38,118 @@ pub fn create(
     backend: &Backend,
     hash: u32,
     now: u64,
-) -> Result<FlowEntry, Reason> {
+    stale: bool,
+    entry: &mut FlowEntry,
+) -> Result<(), Reason> {
     let backend_id = backend.id;
     let original = pkt.key;
     let proto = original.proto;
-    let reply_to = original.reversed();
-    let reply_of = |to: &FlowKey| {
-        FlowEntry::rewriting(&to.reversed(), &reply_to, service.id, backend_id, FLAG_REPLY, now)
-    };
-
     let (to, flags) = if service.mode == NatMode::Snat as u8 {
-        let secret = SECRET.get(0).copied().unwrap_or(0);
-        let to_via = |attempt| {
-            let port = wire_port(snat_port(secret, hash, attempt));
-            FlowKey::new(backend.snat_addr, backend.addr, port, backend.port, proto)
+        let port = match retake(pkt, service, backend, hash, now) {
+            Some(port) => port,
+            None => ports::search(&original, service, backend, hash, now)?,
         };
-        let mut claimed = None;
-        for attempt in 0..SNAT_PORT_TRIES {
-            let to = to_via(attempt);
-            if claim(&to.reversed(), &reply_of(&to), now)? {
-                claimed = Some(to);
-                break;
-            }
-        }
-        // Every port tried is held: the first one a half-open connection
-        // holds is taken over (that connection's original entry, orphaned,
-        // starts afresh), so that a flood of unanswered connections cannot
-        // keep new ones out. A second pass rather than a note of it in the
-        // first, which would multiply the states the verifier walks.
-        if claimed.is_none() {
-            for attempt in 0..SNAT_PORT_TRIES {
-                let to = to_via(attempt);
-                let key = to.reversed();
-                if FLOWS.get_ptr(&key).is_none()
-                    && HALF_OPEN.insert(&key, reply_of(&to), u64::from(BPF_ANY)).is_ok()
-                {
-                    stats::reason(Reason::HalfOpenDisplaced);
-                    claimed = Some(to);
-                    break;
-                }
-            }
-        }
-        (claimed.ok_or(Reason::DropSnatExhausted)?, FLAG_SNAT)
+        (FlowKey::new(backend.snat_addr, backend.addr, port, backend.port, proto), FLAG_SNAT)
     } else {
         let to = FlowKey::new(original.src, backend.addr, original.sport, backend.port, proto);
-        if !claim(&to.reversed(), &reply_of(&to), now)? {
+        // Built in per-CPU scratch memory: the stack has no room for it.
+        let reply = SCRATCH.get_ptr_mut(SCRATCH_BUILD).ok_or(Reason::DropFlowTableFull)?;
+        // SAFETY: this CPU's scratch slot for entries being built.
+        let reply = unsafe { &mut *reply };
+        *reply = FlowEntry::rewriting(
+            &to.reversed(),
+            &original.reversed(),
+            service.id,
+            backend_id,
+            FLAG_REPLY,
+            now,
+        );
+        if !claim(&to.reversed(), reply, now)? {
             return Err(Reason::DropReplyCollision);
         }
         (to, 0)
     };
 
-    let mut entry = FlowEntry::rewriting(&original, &to, service.id, backend_id, flags, now);
+    *entry = FlowEntry::rewriting(&original, &to, service.id, backend_id, flags, now);
     entry.seen = pkt.seen;
     // An unusable entry of an earlier connection under this key goes:
     // lookups look in the established table first, and a later packet
     // could find it usable again (a SYN re-opening a closed connection,
     // then its ACK). Only here, where a connection replaces it: a packet
     // that starts none (TTL 1, a source not allowed) changes none.
-    if FLOWS.get_ptr(&original).is_some() {
+    if stale {
         let _ = FLOWS.remove(&original);
     }
-    if HALF_OPEN.insert(original, entry, u64::from(BPF_ANY)).is_err() {
+    let Some(slot) = conntrack::slot_of(hash) else {
         let _ = HALF_OPEN.remove(to.reversed());
         return Err(Reason::DropFlowTableFull);
+    };
+    // SAFETY: an `ORIGINS` value pointer; the slot is written whole, its
+    // check last, and trusted by readers only if the check matches.
+    unsafe { write_origin(&mut *slot, &original, &to, flags, pkt.seen, now) };
+    Ok(())
+}
+
+/// The SNAT port (wire order) of the half-open connection of `pkt` (flow
+/// hash `hash`, towards `backend`), taken back for it: its slot is whole
+/// and fresh, but its reply entry was evicted from the full half-open
+/// table or, for TCP, its port taken over by a newer half-open
+/// connection (the SNAT displacement pass). The node knows a TCP
+/// connection by that tuple, and of two handshakes on one tuple it
+/// completes at most one: this one, the further along (its client
+/// acknowledges), gets it, where a new port would get its ACK a RST. A
+/// UDP flow gets its port back only if nobody holds it (another client's
+/// flow may be using it). Not for a SYN, which starts a connection afresh,
+/// nor a RST, nor when an established connection holds the port.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+fn retake(pkt: &Packet, service: &ServiceEntry, backend: &Backend, hash: u32, now: u64) -> Option<u16> {
+    let tcp = pkt.is_tcp();
+    if tcp && pkt.seen & (SEEN_SYN | SEEN_RST | SEEN_ACK) != SEEN_ACK {
+        return None;
     }
-    Ok(entry)
+    // SAFETY: an `ORIGINS` value pointer, read at once.
+    let slot = unsafe { &*conntrack::slot_of(hash)? };
+    let reply = slot.reply;
+    let fresh = now.saturating_sub(slot.last_seen_ns) <= TCP_SYN_TIMEOUT_NS;
+    let ours = reply.src == backend.addr && reply.sport == backend.port && reply.dst == backend.snat_addr;
+    if !fresh || !ours || !slot.describes(&pkt.key) || FLOWS.get_ptr(&reply).is_some() {
+        return None;
+    }
+    let built = SCRATCH.get_ptr_mut(SCRATCH_BUILD)?;
+    // SAFETY: this CPU's scratch slot for entries being built, used at once.
+    let built = unsafe { &mut *built };
+    *built = FlowEntry::rewriting(&reply, &pkt.key.reversed(), service.id, backend.id, FLAG_REPLY, now);
+    let flags = if tcp { BPF_ANY } else { BPF_NOEXIST };
+    HALF_OPEN.insert(&reply, &*built, u64::from(flags)).ok()?;
+    stats::reason(Reason::HalfOpenReclaimed);
+    Some(reply.dport)
+}
+
+/// Fills `slot` for the client tuple `key` translated to `to` (so its
+/// reply entry is keyed `to` reversed), original-entry `flags`, field by field, the check from
+/// what was written: the stack has no room for a copy.
+#[inline(always)]
+fn write_origin(slot: &mut Origin, key: &FlowKey, to: &FlowKey, flags: u8, seen: u8, now: u64) {
+    slot.key = *key;
+    slot.reply = to.reversed();
+    slot.hop.ifindex = 0;
+    slot.hop.src_mac = [0; 6];
+    slot.hop.dst_mac = [0; 6];
+    slot.last_seen_ns = now;
+    slot.hop_len = 0;
+    slot.seen = seen;
+    slot.flags = flags;
+    slot.check = Origin::check_of(&slot.key, &slot.reply, &slot.hop);
 }
 
 /// Inserts a reply entry in the half-open table unless its key belongs to
 /// another live connection, in either table.
 #[inline(always)]
-fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
+pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
     if let Some(existing) = FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer from the lookup helper.
         if !reusable(Table::Established, key, unsafe { &*existing }, reply, now) {
@@ -117,11 +163,19 @@ fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
         Err(err) if err == -EEXIST => {}
         Err(_) => return Err(Reason::DropFlowTableFull),
     }
-    if let Some(existing) = HALF_OPEN.get_ptr(key)
+    if let Some(existing) = HALF_OPEN.get_ptr_mut(key) {
         // SAFETY: as above.
-        && !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now)
-    {
-        return Ok(false);
+        let existing = unsafe { &mut *existing };
+        if same_connection(existing, reply) {
+            // This connection's own reply entry (its client starts it
+            // again, or lost its slot to another): renewed in place,
+            // without an allocation.
+            *existing = *reply;
+            return Ok(true);
+        }
+        if !reusable(Table::HalfOpen, key, existing, reply, now) {
+            return Ok(false);
+        }
     }
     let _ = HALF_OPEN.remove(key);
     Ok(HALF_OPEN.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok())
@@ -142,14 +196,29 @@ fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
 /// claiming the same key at once.
 #[inline(always)]
 fn reusable(table: Table, key: &FlowKey, existing: &FlowEntry, reply: &FlowEntry, now: u64) -> bool {
-    let same_connection = existing.new_src == reply.new_src
+    if same_connection(existing, reply) {
+        return true;
+    }
+    if table == Table::HalfOpen {
+        // A half-open connection's reply entry is judged alone: what its
+        // client sent since (its slot) does not hold a port the node never
+        // answered on for a whole timeout. (It also keeps the slot's lookup
+        // out of this loop, which the verifier walks once per port tried.)
+        return conntrack::expired_alone(existing, key.proto, now);
+    }
+    let same_client = existing.new_dst == reply.new_dst;
+    conntrack::expired(table, key, existing, now)
+        || (same_client && conntrack::closed_for_its_client(table, key, existing, now))
+}
+
+/// Whether the reply entries `existing` and `reply` translate to the same
+/// client and VIP: the same connection, or an earlier incarnation of it.
+#[inline(always)]
+fn same_connection(existing: &FlowEntry, reply: &FlowEntry) -> bool {
+    existing.new_src == reply.new_src
         && existing.new_dst == reply.new_dst
         && existing.new_sport == reply.new_sport
-        && existing.new_dport == reply.new_dport;
-    let same_client = existing.new_dst == reply.new_dst;
-    same_connection
-        || conntrack::expired(table, key, existing, now)
-        || (same_client && conntrack::closed_for_its_client(table, key, existing, now))
+        && existing.new_dport == reply.new_dport
 }
 
 /// Rewrites addresses, ports, TTL and both checksums of `pkt` as `entry`

@@ -49,10 +49,16 @@ pub struct HttpConnection {
 
 impl HttpConnection {
     pub fn open(addr: SocketAddrV4) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr.into(), TIMEOUT)
+        Self::open_within(addr, TIMEOUT)
+    }
+
+    /// [`HttpConnection::open`], waiting up to `timeout` for the connection
+    /// and for each read and write (where a flood makes TCP retransmit).
+    pub fn open_within(addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr.into(), timeout)
             .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         Ok(Self { stream })
     }
 

@@ -62,7 +62,7 @@ pub struct RunArgs {
     /// until the node sends a segment after the client's ACK, UDP until
     /// the node replies) wait there, apart from established ones, so a
     /// flood of spoofed SYNs evicts only its like.
-    #[arg(long, default_value_t = DEFAULT_MAX_HALF_OPEN_ENTRIES / 2, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
+    #[arg(long, default_value_t = DEFAULT_MAX_HALF_OPEN_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_half_open: u32,
     /// Do not add managed neighbour entries for backends and gateways; the
     /// first packets towards an unresolved next hop then take the slower
@@ -131,7 +131,7 @@ impl RunArgs {
                 max_backends,
                 max_tables,
                 max_flow_entries: max_connections.saturating_mul(2),
-                max_half_open_entries: max_half_open.saturating_mul(2),
+                max_half_open_entries: max_half_open,
             },
             prefetch_neighbours: !no_neighbour_prefetch,
             pin_dir,

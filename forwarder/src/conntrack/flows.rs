@@ -4,21 +4,21 @@ use std::{collections::HashMap, net::SocketAddrV4};
 
 use forwarder_common::maps::{addr_from_wire, port_from_wire};
 
-use super::{FlowMap, now_ns, scan};
+use super::{Tables, now_ns};
 use crate::{config::Protocol, report::Flow};
 
 /// Service ids to names and protocols, as the listing shows them.
 pub type ServiceNames = HashMap<u32, (String, Protocol)>;
 
-/// The live connections in `maps` (the established and half-open
-/// tables), of service `only` if given, sorted by service and client.
+/// The live connections in `tables`, of service `only` if given, sorted
+/// by service and client.
 #[must_use]
-pub fn list(maps: &[&FlowMap], names: &ServiceNames, only: Option<&str>) -> Vec<Flow> {
+pub fn list(tables: &Tables, names: &ServiceNames, only: Option<&str>) -> Vec<Flow> {
     let now = now_ns();
     let socket = |addr, port| SocketAddrV4::new(addr_from_wire(addr), port_from_wire(port));
-    let mut list: Vec<Flow> = maps
-        .iter()
-        .flat_map(|map| scan(map))
+    let mut list: Vec<Flow> = tables
+        .scan()
+        .into_iter()
         .filter(|conn| !conn.orphan && !conn.expired(now))
         .filter_map(|conn| {
             let (service, protocol) = names.get(&conn.original.service_id)?.clone();

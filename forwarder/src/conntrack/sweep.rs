@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,8 +17,8 @@ use forwarder_common::maps::{FlowEntry, FlowKey};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{Conn, FlowMap, now_ns, open, scan};
-use crate::kernel::batch;
+use super::{Conn, FlowMap, OriginMap, Tables, now_ns, scan, scan_half_open};
+use crate::kernel::{Pins, batch};
 
 /// How often the sweep runs.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -59,11 +58,12 @@ impl Default for Sweep {
     }
 }
 
-/// Removes expired connections (both entries) and counts the live ones.
-pub fn sweep(flows: &mut FlowMap) -> Sweep {
+/// Removes the expired connections of `conns`, read from `flows`, and
+/// counts the live ones.
+fn sweep_conns(flows: &mut FlowMap, conns: Vec<Conn>) -> Sweep {
     let now = now_ns().saturating_sub(MARGIN.as_nanos() as u64);
     let mut result = Sweep::default();
-    for conn in scan(flows) {
+    for conn in conns {
         if conn.expired(now) {
             if remove(flows, &conn) {
                 result.removed += 1;
@@ -78,10 +78,33 @@ pub fn sweep(flows: &mut FlowMap) -> Sweep {
     result
 }
 
+/// Removes expired connections (both entries) from the established table
+/// and counts the live ones.
+pub fn sweep(flows: &mut FlowMap) -> Sweep {
+    let conns = scan(flows);
+    sweep_conns(flows, conns)
+}
+
+/// Removes expired connections (their reply entries: slots need no
+/// removal) from the half-open table and counts the live ones.
+pub fn sweep_half_open(half_open: &mut FlowMap, origins: &OriginMap, secret: u64) -> Sweep {
+    let conns = scan_half_open(half_open, origins, secret);
+    let mut result = sweep_conns(half_open, conns);
+    result.half_open = result.connections;
+    result
+}
+
 /// Removes the entries of the expired `conn` that still hold what the scan
 /// read; false if its first entry no longer does (the key was reused, or
 /// the connection was gone).
 fn remove(flows: &mut FlowMap, conn: &Conn) -> bool {
+    if conn.from_slot {
+        // Only the reply entry is in the table.
+        return conn
+            .reply
+            .as_ref()
+            .is_some_and(|reply| remove_entry(flows, &conn.original.peer_key(conn.key.proto), reply));
+    }
     if !remove_entry(flows, &conn.key, &conn.original) {
         return false;
     }
@@ -114,12 +137,13 @@ fn remove_entry(flows: &mut FlowMap, key: &FlowKey, scanned: &FlowEntry) -> bool
 }
 
 /// [`sweep`] of the established table and then the half-open one, counted together.
-pub fn sweep_both(established: &mut FlowMap, half_open: &mut FlowMap) -> Sweep {
-    let mut result = sweep(established);
-    let Sweep { at, connections, half_open: _, by_service, by_backend, removed } = sweep(half_open);
+pub fn sweep_both(tables: &mut Tables) -> Sweep {
+    let mut result = sweep(&mut tables.established);
+    let Sweep { at, connections, half_open, by_service, by_backend, removed } =
+        sweep_half_open(&mut tables.half_open, &tables.origins, tables.secret);
     result.at = at;
     result.connections += connections;
-    result.half_open = connections;
+    result.half_open = half_open;
     result.removed += removed;
     for (id, count) in by_service {
         *result.by_service.entry(id).or_default() += count;
@@ -130,19 +154,17 @@ pub fn sweep_both(established: &mut FlowMap, half_open: &mut FlowMap) -> Sweep {
     result
 }
 
-/// Sweeps the pinned tables at `pins` (established, half-open) every
-/// [`INTERVAL`] on a blocking thread; each result is published on the
-/// returned channel.
-pub fn spawn(pins: [PathBuf; 2]) -> anyhow::Result<watch::Receiver<Arc<Sweep>>> {
-    let [established, half_open] = pins;
-    let mut map = (open(&established)?, open(&half_open)?);
+/// Sweeps the pinned tables every [`INTERVAL`] on a blocking thread;
+/// each result is published on the returned channel.
+pub fn spawn(pins: &Pins) -> anyhow::Result<watch::Receiver<Arc<Sweep>>> {
+    let mut map = Tables::open(pins)?;
     let (publish, receiver) = watch::channel(Arc::new(Sweep::default()));
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(INTERVAL);
         loop {
             ticker.tick().await;
             let Ok((returned, result)) = tokio::task::spawn_blocking(move || {
-                let result = sweep_both(&mut map.0, &mut map.1);
+                let result = sweep_both(&mut map);
                 (map, result)
             })
             .await

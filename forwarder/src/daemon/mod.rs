@@ -31,7 +31,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use forwarder_common::maps::{LAYOUT_VERSION, names};
+use forwarder_common::maps::LAYOUT_VERSION;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch as watch_channel},
@@ -301,7 +301,7 @@ impl Daemon {
             metrics::spawn(addr, calls.clone()).await.with_context(|| format!("metrics on {addr}"))?;
         }
         let watcher = file_events.map(|events| watch::watch(&self.services_path, events)).transpose()?;
-        self.sweep = sweep::spawn([self.pins.map(names::FLOWS), self.pins.map(names::HALF_OPEN)])?;
+        self.sweep = sweep::spawn(&self.pins)?;
         Ok(watcher)
     }
 

@@ -9,7 +9,6 @@ use crate::{
     control::{Request, Response},
     state::Summary,
 };
-use forwarder_common::maps::names;
 
 impl Daemon {
     pub(super) async fn handle(&mut self, request: Request, reply: oneshot::Sender<Response>) {
@@ -76,13 +75,10 @@ impl Daemon {
         }
         let names: ServiceNames =
             self.table.services().values().map(|s| (s.id, (s.name.clone(), s.protocol))).collect();
-        let pins = [self.pins.map(names::FLOWS), self.pins.map(names::HALF_OPEN)];
+        let pins = self.pins.clone();
         tokio::task::spawn_blocking(move || {
-            let opened = conntrack::open(&pins[0]).and_then(|flows| Ok((flows, conntrack::open(&pins[1])?)));
-            let response = match opened {
-                Ok((flows, half_open)) => {
-                    Response::Flows(conntrack::flows::list(&[&flows, &half_open], &names, service.as_deref()))
-                }
+            let response = match conntrack::Tables::open(&pins) {
+                Ok(tables) => Response::Flows(conntrack::flows::list(&tables, &names, service.as_deref())),
                 Err(err) => Response::Refused(format!("reading the connection table: {err}")),
             };
             let _ = reply.send(response);

@@ -22,9 +22,10 @@ use aya::{
 use forwarder_common::{
     counters::Traffic,
     maps::{
-        Backend, BackendKey, FlowEntry, FlowKey, ServiceEntry, ServiceKey, Settings, backend_entries, names,
-        programs,
+        Backend, BackendKey, FlowEntry, FlowKey, ORIGINS_MASK_GLOBAL, ServiceEntry, ServiceKey, Settings,
+        backend_entries, names, origin_slots, programs,
     },
+    origin::Origin,
 };
 use tracing::warn;
 
@@ -72,7 +73,8 @@ pub struct Capacity {
     pub max_tables: u32,
     /// Flow-table entries; each connection takes two.
     pub max_flow_entries: u32,
-    /// Half-open table entries (connections not answered yet); two each.
+    /// Half-open table entries: connections not answered yet, one each
+    /// (`ORIGINS` gets twice as many slots).
     pub max_half_open_entries: u32,
 }
 
@@ -147,6 +149,8 @@ pub struct Maps {
     pub sources: LpmTrie<MapData, [u8; 8], u8>,
     /// The host's SNAT port secret (see `forwarder_common::snat`).
     pub secret: Array<MapData, u64>,
+    /// Half-open connections' client direction (see `forwarder_common::origin`).
+    pub origins: Array<MapData, Origin>,
 }
 
 /// The loaded datapath. Dropping it detaches every program whose link is
@@ -206,16 +210,17 @@ impl Kernel {
             capacity;
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
-        let adopted = match &pins {
+        let (adopted, pinned_origins) = match &pins {
             Some(pins) => {
                 let adopted = pins.check_adoptable(capacity)?;
                 for name in names::PINNED {
                     loader.map_pin_path(name, pins.map(name));
                 }
-                adopted
+                (adopted, pins.origin_slots()?)
             }
-            None => false,
+            None => (false, None),
         };
+        let origin_slots = pinned_origins.unwrap_or(origin_slots(max_half_open_entries));
         let mut ebpf = loader
             .map_max_entries(names::SERVICES, max_services)
             .map_max_entries(names::MAGLEV, max_tables)
@@ -224,6 +229,8 @@ impl Kernel {
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
             .map_max_entries(names::HALF_OPEN, max_half_open_entries)
+            .map_max_entries(names::ORIGINS, origin_slots)
+            .override_global(ORIGINS_MASK_GLOBAL, &(origin_slots - 1), true)
             .override_global(aya_log::LEVEL, &level, false)
             .override_global(forwarder_common::maps::XDP_METADATA_GLOBAL, &xdp_metadata, true)
             .load(object.bytes)?;
@@ -258,6 +265,7 @@ impl Kernel {
             settings: take(&mut ebpf, names::SETTINGS)?,
             sources: take(&mut ebpf, names::SOURCES)?,
             secret: take(&mut ebpf, names::SECRET)?,
+            origins: take(&mut ebpf, names::ORIGINS)?,
         };
         let mut kernel = Self { ebpf, object, maps, pins, adopted, links: Vec::new() };
         kernel.keep_or_make_secret()?;

@@ -8,8 +8,9 @@ use forwarder_common::{
     counters::Traffic,
     maps::{
         Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings,
-        backend_entries, names,
+        backend_entries, names, origin_slots,
     },
+    origin::Origin,
 };
 use tracing::warn;
 
@@ -109,15 +110,18 @@ impl Pins {
             (names::REASONS, 4, 8, None),
             (names::SETTINGS, 4, size_of::<Settings>(), None),
         ];
-        // Pinned by a daemon that knows it; an older one's pins lack it.
-        let half_open = (
-            names::HALF_OPEN,
-            size_of::<FlowKey>(),
-            size_of::<FlowEntry>(),
-            Some(capacity.max_half_open_entries),
-        );
-        let half_open = self.map(names::HALF_OPEN).exists().then_some(half_open);
-        for (name, key_size, value_size, max_entries) in expected.into_iter().chain(half_open) {
+        // Pinned by a daemon that knows them; an older one's pins lack them.
+        let later = [
+            (
+                names::HALF_OPEN,
+                size_of::<FlowKey>(),
+                size_of::<FlowEntry>(),
+                Some(capacity.max_half_open_entries),
+            ),
+            (names::ORIGINS, 4, size_of::<Origin>(), Some(origin_slots(capacity.max_half_open_entries))),
+        ];
+        let later = later.into_iter().filter(|(name, ..)| self.map(name).exists());
+        for (name, key_size, value_size, max_entries) in expected.into_iter().chain(later) {
             let path = self.map(name);
             let info = MapData::from_pin(&path)
                 .and_then(|map| map.info())
@@ -139,6 +143,24 @@ impl Pins {
             }
         }
         Ok(true)
+    }
+
+    /// The slots of the pinned `ORIGINS` map, if there is one: a restarted
+    /// datapath must index the map it adopts, whatever was asked for.
+    pub fn origin_slots(&self) -> Result<Option<u32>, PinError> {
+        let path = self.map(names::ORIGINS);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let incompatible = |message: String| PinError::Incompatible { path: path.clone(), message };
+        let slots = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(|err| incompatible(err.to_string()))?
+            .max_entries();
+        if !slots.is_power_of_two() {
+            return Err(incompatible(format!("{slots} slots, not a power of two")));
+        }
+        Ok(Some(slots))
     }
 }
 

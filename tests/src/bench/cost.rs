@@ -147,7 +147,7 @@ impl Timer {
                 max_services: services.max(16).next_power_of_two(),
                 max_backends: (services * backends).max(16).next_power_of_two(),
                 max_flow_entries: (2 * connections + 1024).next_power_of_two(),
-                max_half_open_entries: (2 * connections + 1024).next_power_of_two(),
+                max_half_open_entries: (connections + 1024).next_power_of_two(),
                 ..Capacity::default()
             };
             let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;

@@ -170,8 +170,24 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The verified instructions of each datapath program, loaded as the
+/// daemon loads them on this kernel.
+fn verifier(report: &mut Report) -> anyhow::Result<()> {
+    use forwarder::kernel::{Capacity, Kernel};
+    use forwarder_common::maps::programs;
+    let mut kernel = Kernel::load(Capacity::default(), aya_log::Level::Warn, None)?;
+    for name in [programs::XDP, programs::TC, programs::TC_ALL] {
+        let program =
+            kernel.object_mut().program(name).ok_or_else(|| anyhow::anyhow!("no program {name}"))?;
+        let verified_insns = program.info()?.verified_instruction_count().unwrap_or(0);
+        report.verifier.push(report::VerifierRow { program: name.to_owned(), verified_insns });
+    }
+    Ok(())
+}
+
 fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    verifier(report)?;
     let established = |mode, services, backends, flows| Setup {
         mode,
         services,
@@ -304,11 +320,19 @@ fn http_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
 /// generator never answers), and their established cases time the path of
 /// established connections. Returns how many entries moved.
 pub fn establish_all(maps: &mut forwarder::kernel::Maps) -> anyhow::Result<usize> {
-    let keys: Vec<_> = maps.half_open.keys().collect::<Result<_, _>>()?;
-    for key in &keys {
-        let entry = maps.half_open.get(key, 0)?;
-        maps.flows.insert(key, entry, 0)?;
-        maps.half_open.remove(key)?;
+    let secret = maps.secret.get(&0, 0)?;
+    let conns = forwarder::conntrack::scan_half_open(&maps.half_open, &maps.origins, secret);
+    let mut moved = 0;
+    for conn in conns {
+        let reply_key = if conn.from_slot { conn.original.peer_key(conn.key.proto) } else { conn.key };
+        let reply = conn.reply.unwrap_or(conn.original);
+        maps.flows.insert(reply_key, reply, 0)?;
+        moved += 1;
+        if conn.from_slot {
+            maps.flows.insert(conn.key, conn.original, 0)?;
+            moved += 1;
+        }
+        maps.half_open.remove(&reply_key)?;
     }
-    Ok(keys.len())
+    Ok(moved)
 }

@@ -155,7 +155,8 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
             fwd.enter(|| {
                 let capacity = Capacity {
                     max_flow_entries,
-                    max_half_open_entries: max_flow_entries,
+                    // One entry per half-open connection.
+                    max_half_open_entries: max_flow_entries / 2,
                     ..Capacity::default()
                 };
                 let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;

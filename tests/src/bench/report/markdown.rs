@@ -15,6 +15,7 @@ impl Report {
             scaling: Vec::new(),
             control: None,
             churn: Vec::new(),
+            verifier: Vec::new(),
         })
     }
 
@@ -254,6 +255,16 @@ impl Report {
         );
         for c in &self.costs {
             let _ = writeln!(md, "| {} | {:.0} | {} |", c.case, c.ns, opt(c.lookup_ns));
+        }
+        if !self.verifier.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nInstructions the verifier walked to load each program (the kernel refuses beyond \
+                 1,000,000):\n\n| program | verified instructions |\n|---|---:|"
+            );
+            for v in &self.verifier {
+                let _ = writeln!(md, "| {} | {} |", v.program, v.verified_insns);
+            }
         }
         let _ = writeln!(
             md,

@@ -124,6 +124,17 @@ pub struct Report {
     /// Absent from reports older than it.
     #[serde(default)]
     pub churn: Vec<super::churn::ChurnRow>,
+    /// Absent from reports older than it.
+    #[serde(default)]
+    pub verifier: Vec<VerifierRow>,
+}
+
+/// How much of the verifier's budget (a million instructions walked) a
+/// datapath program takes on this kernel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifierRow {
+    pub program: String,
+    pub verified_insns: u32,
 }
 
 fn output(program: &str, args: &[&str]) -> String {

@@ -1,0 +1,150 @@
+//! The SNAT port search of a new connection: the ports it tries, as
+//! `bpf_loop` iterations.
+//!
+//! A plain loop is unrolled by the verifier, which walks its body once per
+//! port tried, twice over (a claim pass, then a displacement pass): most
+//! of the program's verification budget, and most of its stack. The
+//! callback of `bpf_loop` is verified once, in a frame of its own.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_loop};
+use forwarder_common::{
+    conntrack::FLAG_REPLY,
+    counters::Reason,
+    maps::{Backend, FlowEntry, FlowKey, ServiceEntry, wire_port},
+    snat::{SNAT_PORT_TRIES, snat_port},
+};
+
+use crate::{
+    maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET},
+    nat::claim,
+    stats,
+};
+
+/// What the search needs, and what it found: the callback's context.
+#[repr(C)]
+struct Search {
+    secret: u64,
+    now: u64,
+    /// The client's tuple reversed: what replies are translated to.
+    reply_to: FlowKey,
+    snat_addr: u32,
+    backend_addr: u32,
+    service_id: u32,
+    backend_id: u32,
+    hash: u32,
+    backend_port: u16,
+    proto: u8,
+    /// This pass takes a port a half-open connection holds.
+    displace: bool,
+    /// The port claimed (wire order), 0 while none: SNAT ports start at 1024.
+    port: u16,
+    /// The half-open table refused an insertion.
+    full: bool,
+    _pad: u8,
+    _pad2: u32,
+}
+
+/// Claims a SNAT port for the new connection of the client tuple
+/// `original` (flow hash `hash`) towards `backend`: its reply entry goes
+/// to the half-open table. Returns the port, in wire order.
+///
+/// Every port tried may be held: then the first one a half-open
+/// connection holds is taken over (that connection's client finds its slot
+/// orphaned and starts afresh), so that a flood of unanswered connections
+/// cannot keep new ones out. Ports of established connections never are.
+#[inline(always)]
+pub fn search(
+    original: &FlowKey,
+    service: &ServiceEntry,
+    backend: &Backend,
+    hash: u32,
+    now: u64,
+) -> Result<u16, Reason> {
+    let mut search = Search {
+        secret: SECRET.get(0).copied().unwrap_or(0),
+        now,
+        reply_to: original.reversed(),
+        snat_addr: backend.snat_addr,
+        backend_addr: backend.addr,
+        service_id: service.id,
+        backend_id: backend.id,
+        hash,
+        backend_port: backend.port,
+        proto: original.proto,
+        displace: false,
+        port: 0,
+        full: false,
+        _pad: 0,
+        _pad2: 0,
+    };
+    run(&mut search);
+    if search.port == 0 && !search.full {
+        search.displace = true;
+        run(&mut search);
+    }
+    if search.full {
+        return Err(Reason::DropFlowTableFull);
+    }
+    if search.port == 0 {
+        return Err(Reason::DropSnatExhausted);
+    }
+    Ok(search.port)
+}
+
+#[inline(always)]
+fn run(search: &mut Search) {
+    let callback = try_port as *mut c_void;
+    // SAFETY: a helper taking the callback, its context (on this stack,
+    // alive throughout) and no flags.
+    unsafe { bpf_loop(SNAT_PORT_TRIES, callback, (search as *mut Search).cast(), 0) };
+}
+
+/// One port: the `bpf_loop` callback. 1 stops the loop.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `run` passes its `Search`.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    let port = wire_port(snat_port(search.secret, search.hash, attempt as u32));
+    let key = FlowKey::new(search.backend_addr, search.snat_addr, search.backend_port, port, search.proto);
+    let Some(reply) = SCRATCH.get_ptr_mut(SCRATCH_BUILD) else {
+        search.full = true;
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot for entries being built (the stack
+    // has no room), used at once.
+    let reply = unsafe { &mut *reply };
+    *reply = FlowEntry::rewriting(
+        &key,
+        &search.reply_to,
+        search.service_id,
+        search.backend_id,
+        FLAG_REPLY,
+        search.now,
+    );
+    let claimed = if search.displace {
+        let taken =
+            FLOWS.get_ptr(&key).is_none() && HALF_OPEN.insert(&key, &*reply, u64::from(BPF_ANY)).is_ok();
+        if taken {
+            stats::reason(Reason::HalfOpenDisplaced);
+        }
+        taken
+    } else {
+        match claim(&key, reply, search.now) {
+            Ok(claimed) => claimed,
+            Err(_) => {
+                search.full = true;
+                return 1;
+            }
+        }
+    };
+    if claimed {
+        search.port = port;
+        return 1;
+    }
+    0
+}
