@@ -1,6 +1,7 @@
 //! Benchmark programs, built as their own object (never loaded by the
 //! daemon): a traffic generator for `BPF_PROG_TEST_RUN` in live-frames
-//! mode, a counting sink, the baselines the forwarder is compared with
+//! mode (and one for kernels that refuse live frames: a TC program that
+//! sends a clone of every run), a counting sink, the baselines the forwarder is compared with
 //! (drop everything; swap MACs and send on), and the forwarder itself
 //! behind a frame rewrite, so `BPF_PROG_TEST_RUN` with `repeat` times it
 //! on a fresh packet every iteration.
@@ -8,10 +9,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    bindings::{
+        TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
     btf_maps::{Array, DevMap, PerCpuArray},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use forwarder_common::{
     bench::{BounceConfig, FRAME_LEN, GenConfig, flow_source},
@@ -80,7 +84,11 @@ unsafe fn read32(p: *const u8, at: usize) -> u32 {
 /// flow's destination among `vips`.
 #[inline(always)]
 fn write_frame(ctx: &XdpContext) -> bool {
-    let (data, end) = (ctx.data(), ctx.data_end());
+    write_frame_at(ctx.data(), ctx.data_end())
+}
+
+#[inline(always)]
+fn write_frame_at(data: usize, end: usize) -> bool {
     if data + FRAME_LEN > end {
         return false;
     }
@@ -119,6 +127,19 @@ fn write_frame(ctx: &XdpContext) -> bool {
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     if write_frame(&ctx) { XDP_TX } else { XDP_DROP }
+}
+
+/// The generator where the kernel refuses live frames: a fresh frame, a
+/// clone of it sent out of the device the test run's context names (the
+/// helper transmits at once; the run itself is dropped).
+#[classifier]
+pub fn bench_gen_tc(ctx: TcContext) -> i32 {
+    if write_frame_at(ctx.data(), ctx.data_end()) {
+        // SAFETY: the context's own `__sk_buff`.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let _ = ctx.clone_redirect(ifindex, 0);
+    }
+    TC_ACT_SHOT
 }
 
 /// The forwarder's XDP program on a fresh frame.

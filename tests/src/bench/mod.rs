@@ -275,6 +275,7 @@ fn packet_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
             runs.push(pps);
         }
     }
+    report.generator = Some(rig.generator_kind.label().to_owned());
     drop(rig);
     report.packet_rates = rates
         .into_iter()

@@ -25,7 +25,9 @@ pub const METHOD: &str = "Packet rates: three network namespaces, generator -> f
 joined by veth pairs. The generator is `BPF_PROG_TEST_RUN` in live-frames mode with an XDP \
 program that writes a fresh 60-byte UDP frame (a new source port per flow, 1,024 flows for \
 established cases, a never-seen flow on every packet for new-flow cases) and sends it with \
-XDP_TX; the system under test runs on the forwarder's interfaces; an XDP program on the \
+XDP_TX (where the kernel refuses live frames, a TC program run the same way writes the frame \
+and sends a clone of it with `bpf_clone_redirect`; the report names the generator that ran); \
+the system under test runs on the forwarder's interfaces; an XDP program on the \
 sink counts what arrives. The generating CPU carries each frame through the whole chain, \
 so every case pays the same generation and veth cost and the XDP_DROP case is the \
 ceiling of the setup. The ratios between cases are the result; absolute rates belong to \

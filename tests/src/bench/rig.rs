@@ -7,7 +7,11 @@
 //! The generator is `BPF_PROG_TEST_RUN` in live-frames mode on g0: each
 //! run writes a 60-byte UDP frame for VIP 10.9.0.1:53 (a source address
 //! and port per flow) and transmits it with XDP_TX, so it arrives on f0
-//! like traffic from a wire. The sink counts what reaches s0 with an
+//! like traffic from a wire. Where the kernel refuses live frames (seen
+//! here: EPERM on a 6.18 kernel), a TC program takes its place: each run
+//! writes the frame and `bpf_clone_redirect`s a copy out of g0, an skb
+//! rather than a page, so every case pays more for generation (and the
+//! report says which generator ran). The sink counts what reaches s0 with an
 //! XDP_DROP program. Everything the kernel does for a frame happens on the
 //! generating CPU, in order: generate, then the system under test, then
 //! the sink, so every case pays the same generation cost (the XDP_DROP
@@ -23,7 +27,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunAttrs, TestRunOptions,
     maps::{Array, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{SchedClassifier, Xdp, XdpMode},
 };
 use etherparse::PacketBuilder;
 use forwarder::kernel::BENCH_OBJECT;
@@ -55,6 +59,26 @@ pub struct Rig {
     generator: Ebpf,
     /// The bench object in the sink's namespace, its drop program on s0.
     sink_object: Ebpf,
+    /// How frames are made; live frames until the kernel refuses them.
+    pub generator_kind: GeneratorKind,
+}
+
+/// How the rig generates frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeneratorKind {
+    /// XDP in live-frames mode: XDP_TX of a page.
+    LiveFrames,
+    /// TC: a cloned skb sent out by `bpf_clone_redirect`.
+    CloneRedirect,
+}
+
+impl GeneratorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LiveFrames => "XDP live frames",
+            Self::CloneRedirect => "TC bpf_clone_redirect (kernel refused live frames)",
+        }
+    }
 }
 
 fn mac(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
@@ -147,7 +171,7 @@ impl Rig {
             Ok(ebpf)
         })?;
         let generator = generator_ns.enter(load_bench)?;
-        Ok(Self { generator_ns, fwd, sink, links, generator, sink_object })
+        Ok(Self { generator_ns, fwd, sink, links, generator, sink_object, generator_kind: GeneratorKind::LiveFrames })
     }
 
     /// Packets the sink has counted.
@@ -180,8 +204,25 @@ impl Rig {
 
     /// Generates for `duration` from one CPU; the packets offered.
     pub fn generate(&mut self, duration: Duration) -> anyhow::Result<u64> {
+        if self.generator_kind == GeneratorKind::LiveFrames {
+            match self.generate_live(duration) {
+                Err(e) if refused(&e) => {
+                    eprintln!("bench: the kernel refuses live frames ({e:#}); generating with TC clones");
+                    self.generator_kind = GeneratorKind::CloneRedirect;
+                }
+                other => return other,
+            }
+        }
+        self.generate_clones(duration)
+    }
+
+    fn g0_index(&self) -> anyhow::Result<u32> {
+        Ok(self.generator_ns.exec("cat", "/sys/class/net/g0/ifindex")?.trim().parse()?)
+    }
+
+    fn generate_live(&mut self, duration: Duration) -> anyhow::Result<u64> {
         let frame = self.frame()?;
-        let g0 = self.generator_ns.exec("cat", "/sys/class/net/g0/ifindex")?.trim().parse::<u32>()?;
+        let g0 = self.g0_index()?;
         let program = program(&mut self.generator, "bench_gen")?;
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
         let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, g0, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
@@ -202,6 +243,46 @@ impl Rig {
             Ok(sent)
         })
     }
+
+    fn generate_clones(&mut self, duration: Duration) -> anyhow::Result<u64> {
+        let frame = self.frame()?;
+        let g0 = self.g0_index()?;
+        let program: &mut SchedClassifier =
+            self.generator.program_mut("bench_gen_tc").context("no bench_gen_tc")?.try_into()?;
+        if program.fd().is_err() {
+            program.load()?;
+        }
+        // struct __sk_buff up to `ifindex` (offset 40): the device the
+        // run's skb belongs to, which the program sends its clone out of.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&g0.to_ne_bytes());
+        const REPEAT: u32 = 1 << 16;
+        self.generator_ns.enter(|| -> anyhow::Result<u64> {
+            pin_to_cpu(0);
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed() < duration {
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame);
+                opts.ctx_in = Some(&ctx);
+                opts.repeat = REPEAT;
+                program.test_run(opts)?;
+                sent += u64::from(REPEAT);
+            }
+            Ok(sent)
+        })
+    }
+}
+
+/// Whether a test run failed because the kernel does not allow it (rather
+/// than because of the run).
+fn refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| matches!(code, libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL))
+    })
 }
 
 /// Keeps the calling thread on one CPU.

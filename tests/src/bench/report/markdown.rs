@@ -16,6 +16,7 @@ impl Report {
             control: None,
             churn: Vec::new(),
             verifier: Vec::new(),
+            generator: None,
         })
     }
 
@@ -197,10 +198,11 @@ impl Report {
         let nft = self.rate(Case::NftablesDnat);
         let _ = writeln!(
             md,
-            "\n## Packet rates\n\n60-byte UDP packets from one generator CPU (median of {} runs; see below). \
-             \"Beyond the generator\": 1 / rate minus 1 / rate of XDP_DROP, the CPU time each packet costs \
+            "\n## Packet rates\n\n60-byte UDP packets from one generator CPU ({}; median of {} runs; see \
+             below). \"Beyond the generator\": 1 / rate minus 1 / rate of XDP_DROP, the CPU time each packet costs \
              the forwarder host and the sink.\n\n\
              | case | Mpps | x nftables | ns/packet beyond the generator | runs (Mpps) |\n|---|---:|---:|---:|---|",
+            self.generator.as_deref().unwrap_or("XDP live frames"),
             self.packet_rates.first().map_or(0, |r| r.runs.len())
         );
         for r in &self.packet_rates {

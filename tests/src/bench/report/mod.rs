@@ -127,6 +127,10 @@ pub struct Report {
     /// Absent from reports older than it.
     #[serde(default)]
     pub verifier: Vec<VerifierRow>,
+    /// Which frame generator the packet rates came from. Absent from
+    /// reports older than it (live frames, then the only one).
+    #[serde(default)]
+    pub generator: Option<String>,
 }
 
 /// How much of the verifier's budget (a million instructions walked) a
