@@ -72,6 +72,58 @@ fn snat_spreads_tcp_and_udp_over_nodes_which_see_the_forwarder() {
     forwarder.stop().unwrap();
 }
 
+/// `--snat-ip` given twice: connections leave from both addresses (both
+/// on the forwarder's node-side interface), nodes answer each, and
+/// `stats` shows the port use per address.
+#[test]
+fn a_snat_pool_spreads_connections_over_its_addresses() {
+    let lab = lab_with_servers(2);
+    let second = std::net::Ipv4Addr::new(10, 0, 2, 100);
+    lab.forwarder.ip(&format!("addr add {second}/24 dev {LAN_IFACE}")).unwrap();
+    let path = lab.write_services(&services("snat", &[0, 1])).unwrap();
+    let (first, second_arg) = (FORWARDER_LAN_SIDE.to_string(), second.to_string());
+    let forwarder = lab.start_forwarder(&path, &["--snat-ip", &first, "--snat-ip", &second_arg]).unwrap();
+
+    // Keep-alive connections, open until the counts are read.
+    let (_open, http): (Vec<HttpConnection>, Vec<Answer>) = lab.client.enter(|| {
+        (0..40)
+            .map(|_| {
+                let mut conn = HttpConnection::open(WEB).unwrap();
+                let answer = conn.get().unwrap();
+                (conn, answer)
+            })
+            .unzip()
+    });
+    let udp: Vec<Answer> = lab.client.enter(|| (0..40).map(|_| udp_ask(DNS).unwrap()).collect());
+    for (what, answers) in [("http", &http), ("udp", &udp)] {
+        let mut sources: Vec<_> = answers.iter().map(|a| *a.client.ip()).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        assert_eq!(sources, [FORWARDER_LAN_SIDE, second], "{what}: the nodes see both SNAT addresses");
+    }
+    // The sweep (every 5 s) counts the tracked connections per address.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let stats: serde_json::Value = serde_json::from_str(&lab.cli_ok(&["stats", "--json"])).unwrap();
+        let rows = stats["snat"].as_array().cloned().unwrap_or_default();
+        if rows.len() == 4 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for address in [FORWARDER_LAN_SIDE, second] {
+        for protocol in ["tcp", "udp"] {
+            let row = stats
+                .iter()
+                .find(|r| r["address"] == address.to_string() && r["protocol"] == protocol)
+                .unwrap_or_else(|| panic!("no {address} {protocol} row in {stats:?}"));
+            assert!(row["connections"].as_u64().unwrap() > 0, "{row}");
+            assert_eq!(row["ports_per_node"], 31_744, "{row}");
+        }
+    }
+    forwarder.stop().unwrap();
+}
+
 /// 200 kB each way over one connection through the VIP, in both modes. In
 /// the default lab the client's and the nodes' veths keep TX checksum
 /// offload and TSO on, so the datapath sees partial checksums and packets

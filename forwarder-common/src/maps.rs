@@ -31,11 +31,12 @@ pub mod names {
     pub const SOURCES: &str = "SOURCES";
     pub const SECRET: &str = "SECRET";
     pub const ORIGINS: &str = "ORIGINS";
+    pub const SNAT_POOL: &str = "SNAT_POOL";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
     /// added later (SOURCES, SECRET, HALF_OPEN) is created and pinned by the first
     /// daemon that knows it, so adding one needs no layout version.
-    pub const PINNED: [&str; 13] = [
+    pub const PINNED: [&str; 14] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -49,6 +50,7 @@ pub mod names {
         SOURCES,
         SECRET,
         ORIGINS,
+        SNAT_POOL,
     ];
 }
 

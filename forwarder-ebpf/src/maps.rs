@@ -15,6 +15,7 @@ use forwarder_common::{
         ServiceKey, Settings, backend_entries, origin_slots,
     },
     origin::Origin,
+    snat::SnatPool,
 };
 
 const MAX_SERVICES: usize = DEFAULT_MAX_SERVICES as usize;
@@ -64,6 +65,11 @@ const MAX_ORIGINS: usize = origin_slots(forwarder_common::maps::DEFAULT_MAX_HALF
 /// the client's tuple (see `forwarder_common::origin`).
 #[btf_map]
 pub static ORIGINS: Array<Origin, MAX_ORIGINS> = Array::new();
+
+/// The SNAT address pool, when `snat_ip` names several (see
+/// `forwarder_common::snat::SnatPool`).
+#[btf_map]
+pub static SNAT_POOL: Array<SnatPool, 1> = Array::new();
 
 /// First fragments translated, for their datagrams' later fragments (see `frag`).
 #[btf_map]

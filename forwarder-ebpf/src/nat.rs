@@ -45,11 +45,11 @@ pub fn create(
     let original = pkt.key;
     let proto = original.proto;
     let (to, flags) = if service.mode == NatMode::Snat as u8 {
-        let port = match retake(pkt, service, backend, hash, now) {
-            Some(port) => port,
+        let (addr, port) = match retake(pkt, service, backend, hash, now) {
+            Some(taken) => taken,
             None => ports::search(&original, service, backend, hash, now)?,
         };
-        (FlowKey::new(backend.snat_addr, backend.addr, port, backend.port, proto), FLAG_SNAT)
+        (FlowKey::new(addr, backend.addr, port, backend.port, proto), FLAG_SNAT)
     } else {
         let to = FlowKey::new(original.src, backend.addr, original.sport, backend.port, proto);
         // Built in per-CPU scratch memory: the stack has no room for it.
@@ -90,7 +90,7 @@ pub fn create(
     Ok(())
 }
 
-/// The SNAT port (wire order) of the half-open connection of `pkt` (flow
+/// The SNAT address and port (wire order) of the half-open connection of `pkt` (flow
 /// hash `hash`, towards `backend`), taken back for it: its slot is whole
 /// and fresh, but its reply entry was evicted from the full half-open
 /// table or, for TCP, its port taken over by a newer half-open
@@ -106,7 +106,13 @@ pub fn create(
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
 )]
-fn retake(pkt: &Packet, service: &ServiceEntry, backend: &Backend, hash: u32, now: u64) -> Option<u16> {
+fn retake(
+    pkt: &Packet,
+    service: &ServiceEntry,
+    backend: &Backend,
+    hash: u32,
+    now: u64,
+) -> Option<(u32, u16)> {
     let tcp = pkt.is_tcp();
     if tcp && pkt.seen & (SEEN_SYN | SEEN_RST | SEEN_ACK) != SEEN_ACK {
         return None;
@@ -115,7 +121,8 @@ fn retake(pkt: &Packet, service: &ServiceEntry, backend: &Backend, hash: u32, no
     let slot = unsafe { &*conntrack::slot_of(hash)? };
     let reply = slot.reply;
     let fresh = now.saturating_sub(slot.last_seen_ns) <= TCP_SYN_TIMEOUT_NS;
-    let ours = reply.src == backend.addr && reply.sport == backend.port && reply.dst == backend.snat_addr;
+    // Its address may be any of the pool's: the slot was written for it.
+    let ours = reply.src == backend.addr && reply.sport == backend.port && reply.dst != 0;
     if !fresh || !ours || !slot.describes(&pkt.key) || FLOWS.get_ptr(&reply).is_some() {
         return None;
     }
@@ -126,7 +133,7 @@ fn retake(pkt: &Packet, service: &ServiceEntry, backend: &Backend, hash: u32, no
     let flags = if tcp { BPF_ANY } else { BPF_NOEXIST };
     HALF_OPEN.insert(&reply, &*built, u64::from(flags)).ok()?;
     stats::reason(Reason::HalfOpenReclaimed);
-    Some(reply.dport)
+    Some((reply.dst, reply.dport))
 }
 
 /// Fills `slot` for the client tuple `key` translated to `to` (so its

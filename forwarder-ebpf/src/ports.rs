@@ -1,5 +1,5 @@
-//! The SNAT port search of a new connection: the ports it tries, as
-//! `bpf_loop` iterations.
+//! The SNAT address and port search of a new connection: the pairs it
+//! tries, as `bpf_loop` iterations.
 //!
 //! A plain loop is unrolled by the verifier, which walks its body once per
 //! port tried, twice over (a claim pass, then a displacement pass): most
@@ -13,11 +13,11 @@ use forwarder_common::{
     conntrack::FLAG_REPLY,
     counters::Reason,
     maps::{Backend, FlowEntry, FlowKey, ServiceEntry, wire_port},
-    snat::{SNAT_PORT_TRIES, snat_port},
+    snat::{SNAT_PORT_TRIES, snat_pool_index, snat_port},
 };
 
 use crate::{
-    maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET},
+    maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET, SNAT_POOL},
     nat::claim,
     stats,
 };
@@ -29,6 +29,7 @@ struct Search {
     now: u64,
     /// The client's tuple reversed: what replies are translated to.
     reply_to: FlowKey,
+    /// The backend's own SNAT address: where there is no pool.
     snat_addr: u32,
     backend_addr: u32,
     service_id: u32,
@@ -43,14 +44,18 @@ struct Search {
     /// The half-open table refused an insertion.
     full: bool,
     _pad: u8,
-    _pad2: u32,
+    /// The address claimed with `port` (last: fields are laid out so the
+    /// compiler's merged loads stay aligned, as the verifier demands).
+    claimed_addr: u32,
 }
 
-/// Claims a SNAT port for the new connection of the client tuple
-/// `original` (flow hash `hash`) towards `backend`: its reply entry goes
-/// to the half-open table. Returns the port, in wire order.
+/// Claims a SNAT address and port for the new connection of the client
+/// tuple `original` (flow hash `hash`) towards `backend`: its reply entry
+/// goes to the half-open table. Returns both, in wire order. The address
+/// is the backend's SNAT address, or one of the pool's (see
+/// `forwarder_common::snat::snat_pool_index`).
 ///
-/// Every port tried may be held: then the first one a half-open
+/// Every pair tried may be held: then the first one a half-open
 /// connection holds is taken over (that connection's client finds its slot
 /// orphaned and starts afresh), so that a flood of unanswered connections
 /// cannot keep new ones out. Ports of established connections never are.
@@ -61,7 +66,7 @@ pub fn search(
     backend: &Backend,
     hash: u32,
     now: u64,
-) -> Result<u16, Reason> {
+) -> Result<(u32, u16), Reason> {
     let mut search = Search {
         secret: SECRET.get(0).copied().unwrap_or(0),
         now,
@@ -77,7 +82,7 @@ pub fn search(
         port: 0,
         full: false,
         _pad: 0,
-        _pad2: 0,
+        claimed_addr: 0,
     };
     run(&mut search);
     if search.port == 0 && !search.full {
@@ -90,7 +95,7 @@ pub fn search(
     if search.port == 0 {
         return Err(Reason::DropSnatExhausted);
     }
-    Ok(search.port)
+    Ok((search.claimed_addr, search.port))
 }
 
 #[inline(always)]
@@ -109,8 +114,10 @@ fn run(search: &mut Search) {
 extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Search`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
-    let port = wire_port(snat_port(search.secret, search.hash, attempt as u32));
-    let key = FlowKey::new(search.backend_addr, search.snat_addr, search.backend_port, port, search.proto);
+    let attempt = attempt as u32;
+    let port = wire_port(snat_port(search.secret, search.hash, attempt));
+    let addr = pool_addr(search.hash, attempt).unwrap_or(search.snat_addr);
+    let key = FlowKey::new(search.backend_addr, addr, search.backend_port, port, search.proto);
     let Some(reply) = SCRATCH.get_ptr_mut(SCRATCH_BUILD) else {
         search.full = true;
         return 1;
@@ -144,7 +151,21 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
     };
     if claimed {
         search.port = port;
+        search.claimed_addr = addr;
         return 1;
     }
     0
+}
+
+/// The pool address attempt `attempt` of a flow with `hash` tries; none
+/// without a pool (or where a racing pool update left a hole).
+#[inline(always)]
+fn pool_addr(hash: u32, attempt: u32) -> Option<u32> {
+    let pool = SNAT_POOL.get(0)?;
+    if pool.count == 0 {
+        return None;
+    }
+    let index = snat_pool_index(hash, attempt, pool.count) as usize;
+    let addr = *pool.addrs.get(index)?;
+    (addr != 0).then_some(addr)
 }

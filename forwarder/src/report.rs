@@ -95,6 +95,23 @@ pub struct Stats {
     pub services: Vec<ServiceStats>,
     /// Packets by what the datapath did with them.
     pub reasons: Vec<ReasonCount>,
+    /// SNAT port use per source address and protocol.
+    #[serde(default)]
+    pub snat: Vec<SnatUse>,
+}
+
+/// How much of one SNAT address's ports a protocol uses (as of the last
+/// sweep). Ports are taken per node: an address carries up to
+/// `ports_per_node` connections to each node:port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatUse {
+    pub address: Ipv4Addr,
+    pub protocol: Protocol,
+    /// Connections from this address, all nodes.
+    pub connections: u64,
+    /// Ports taken towards the node:port that uses most of them.
+    pub busiest_node_ports: u64,
+    pub ports_per_node: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -31,9 +31,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", default_value = "/etc/forwarder/services.toml")]
     services: PathBuf,
     /// Source address of snat-mode flows, when the service file sets no
-    /// snat_ip (default: the address of the interface towards each backend).
+    /// snat_ip (default: the address of the interface towards each
+    /// backend); repeat to spread new connections over several (each
+    /// carries 31,744 connections per node and protocol).
     #[arg(long, value_name = "IPV4")]
-    snat_ip: Option<Ipv4Addr>,
+    snat_ip: Vec<Ipv4Addr>,
     /// Which hook runs the datapath: auto picks XDP on interfaces with a
     /// driver that has native XDP, TC on virtual ones (veth, tap, bridge,
     /// bond: their senders may hand over partial checksums that XDP cannot
@@ -119,6 +121,7 @@ impl RunArgs {
             no_watch,
             route_other,
         } = self;
+        crate::config::check_snat_ips(&snat_ip).map_err(|message| anyhow::anyhow!("--snat-ip: {message}"))?;
         crate::logging::init();
         let config = RunConfig {
             ifaces,

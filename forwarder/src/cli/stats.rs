@@ -70,6 +70,18 @@ impl StatsArgs {
             "\n{} tracked connections, {} of them half-open (as of {:.0}s ago); rates over the last {:.1}s",
             stats.connections, stats.half_open, stats.flows_age_secs, stats.rate_interval_secs
         );
+        if !stats.snat.is_empty() {
+            let mut snat = output::table(&["SNAT ADDRESS", "PROTO", "CONNECTIONS", "PORTS TO BUSIEST NODE"]);
+            for space in &stats.snat {
+                snat.add_row([
+                    space.address.to_string(),
+                    space.protocol.to_string(),
+                    space.connections.to_string(),
+                    format!("{} of {}", space.busiest_node_ports, space.ports_per_node),
+                ]);
+            }
+            println!("\n{snat}");
+        }
         let mut reasons = output::table(&["DATAPATH", "PACKETS"]);
         for reason in stats.reasons.iter().filter(|r| r.packets > 0) {
             reasons.add_row([reason.reason.clone(), reason.packets.to_string()]);

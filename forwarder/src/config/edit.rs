@@ -43,8 +43,10 @@ impl Editor {
     #[must_use]
     pub fn render(file: &ServiceFile) -> Self {
         let mut editor = Self { doc: DocumentMut::new() };
-        if let Some(ip) = file.snat_ip {
-            editor.doc["snat_ip"] = value(ip.to_string());
+        match file.snat_ip.as_slice() {
+            [] => {}
+            [ip] => editor.doc["snat_ip"] = value(ip.to_string()),
+            ips => editor.doc["snat_ip"] = value(ips.iter().map(ToString::to_string).collect::<Array>()),
         }
         if let Some(kube) = &file.kube {
             editor.set_kube(kube);

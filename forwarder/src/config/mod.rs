@@ -25,6 +25,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use forwarder_common::snat::MAX_SNAT_ADDRS;
 use serde::{Deserialize, Serialize};
 use toml::{Spanned, Value};
 
@@ -44,8 +45,10 @@ pub const MAX_BACKENDS_PER_SERVICE: usize = 1000;
 /// A validated service file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceFile {
-    /// Source address for snat services, if the file sets one.
-    pub snat_ip: Option<Ipv4Addr>,
+    /// Source addresses for snat services, if the file sets any: new
+    /// connections are spread over them (`snat_ip = "A"` or `["A", "B"]`).
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub snat_ip: Vec<Ipv4Addr>,
     pub services: Vec<Service>,
     /// The `[kube]` table, for `forwarder kube` (the daemon ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +86,16 @@ impl Protocol {
         match self {
             Protocol::Tcp => forwarder_common::maps::PROTO_TCP,
             Protocol::Udp => forwarder_common::maps::PROTO_UDP,
+        }
+    }
+
+    /// The protocol of IP protocol number `number`, if it is one of these.
+    #[must_use]
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            forwarder_common::maps::PROTO_TCP => Some(Protocol::Tcp),
+            forwarder_common::maps::PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
         }
     }
 }
@@ -145,7 +158,7 @@ pub enum ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    snat_ip: Option<Spanned<String>>,
+    snat_ip: Option<Spanned<Value>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
     kube: Option<kube::RawKube>,
@@ -199,7 +212,7 @@ impl ServiceFile {
 fn validate(raw: RawFile) -> Result<ServiceFile, Problem> {
     let RawFile { snat_ip, service, kube } = raw;
     let kube = kube.map(kube::validate).transpose()?;
-    let snat_ip = snat_ip.map(|ip| unicast(&ip, "snat_ip")).transpose()?;
+    let snat_ip = snat_ip.map(validate_snat_ip).transpose()?.unwrap_or_default();
     let mut names = HashSet::new();
     let mut listeners = HashSet::new();
     let mut services = Vec::with_capacity(service.len());
@@ -302,6 +315,72 @@ fn validate_port(port: &Spanned<i64>) -> Result<u16, Problem> {
 }
 
 /// A unicast IPv4 address (what a VIP, backend or SNAT address must be).
+/// `snat_ip`: one address, or a list of up to `MAX_SNAT_ADDRS` distinct ones.
+fn validate_snat_ip(raw: Spanned<Value>) -> Result<Vec<Ipv4Addr>, Problem> {
+    let span = raw.span();
+    let items = match raw.into_inner() {
+        Value::String(text) => vec![Spanned::new(span.clone(), text)],
+        Value::Array(items) if items.is_empty() => {
+            return problem(span, "snat_ip is an empty list: leave it out to use each node's own address");
+        }
+        Value::Array(items) => {
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(text) => texts.push(Spanned::new(span.clone(), text)),
+                    other => {
+                        return problem(
+                            span,
+                            format!("snat_ip entries are strings, not {}", other.type_str()),
+                        );
+                    }
+                }
+            }
+            texts
+        }
+        other => {
+            return problem(
+                span,
+                format!("snat_ip is a string or a list of strings, not {}", other.type_str()),
+            );
+        }
+    };
+    let addrs = items.iter().map(|item| unicast(item, "snat_ip")).collect::<Result<Vec<_>, _>>()?;
+    check_snat_ips(&addrs).or_else(|message| problem(span, message))?;
+    Ok(addrs)
+}
+
+/// The rules of a SNAT address list (`snat_ip`, `--snat-ip`): unicast,
+/// distinct, at most `MAX_SNAT_ADDRS`.
+pub fn check_snat_ips(addrs: &[Ipv4Addr]) -> Result<(), String> {
+    if addrs.len() > MAX_SNAT_ADDRS {
+        return Err(format!("snat_ip has {} addresses; at most {MAX_SNAT_ADDRS}", addrs.len()));
+    }
+    for (index, addr) in addrs.iter().enumerate() {
+        check_unicast(*addr, "snat_ip")?;
+        if addrs[..index].contains(addr) {
+            return Err(format!("snat_ip names {addr} twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Serde: `null`, one address or a list (files and requests written
+/// before pools had one address or none).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Ipv4Addr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Ipv4Addr),
+        Many(Vec<Ipv4Addr>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(addr)) => vec![addr],
+        Some(OneOrMany::Many(addrs)) => addrs,
+    })
+}
+
 fn unicast(text: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Problem> {
     let addr: Ipv4Addr = match text.get_ref().parse() {
         Ok(addr) => addr,

@@ -27,7 +27,7 @@ fn parse(text: &str) -> Result<ServiceFile, ConfigError> {
 #[test]
 fn parses_the_documented_format() {
     let file = parse(GOOD).unwrap();
-    assert_eq!(file.snat_ip, Some(Ipv4Addr::new(198, 18, 2, 1)));
+    assert_eq!(file.snat_ip, [Ipv4Addr::new(198, 18, 2, 1)]);
     let [web, dns] = file.services.as_slice() else { panic!("two services") };
     assert_eq!(web.name, "web");
     assert_eq!(
@@ -59,8 +59,35 @@ fn health_checks_parse_with_defaults() {
 fn mode_defaults_to_snat_and_snat_ip_is_optional() {
     let text = "[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 1\nprotocol = \"udp\"\nbackends = [\"10.0.1.1:2\"]\n";
     let file = parse(text).unwrap();
-    assert_eq!(file.snat_ip, None);
+    assert!(file.snat_ip.is_empty());
     assert_eq!(file.services[0].mode, Mode::Snat);
+}
+
+#[test]
+fn snat_ip_takes_one_address_or_a_pool_and_round_trips() {
+    let text = GOOD.replacen(r#"snat_ip = "198.18.2.1""#, r#"snat_ip = ["198.18.2.1", "198.18.2.2"]"#, 1);
+    let file = parse(&text).unwrap();
+    assert_eq!(file.snat_ip, [Ipv4Addr::new(198, 18, 2, 1), Ipv4Addr::new(198, 18, 2, 2)]);
+    // Rendered back as it was written, and read back the same.
+    let rendered = edit::Editor::render(&file).text();
+    assert!(rendered.contains(r#"snat_ip = ["198.18.2.1", "198.18.2.2"]"#), "{rendered}");
+    assert_eq!(parse(&rendered).unwrap(), file);
+    // Requests of daemons that knew one address (or none) still read.
+    let json = serde_json::to_value(&file).unwrap();
+    assert_eq!(json["snat_ip"], serde_json::json!(["198.18.2.1", "198.18.2.2"]));
+    for (old, want) in [
+        (serde_json::json!("198.18.2.1"), vec![Ipv4Addr::new(198, 18, 2, 1)]),
+        (serde_json::Value::Null, vec![]),
+    ] {
+        let mut json = json.clone();
+        json["snat_ip"] = old;
+        let read: ServiceFile = serde_json::from_value(json).unwrap();
+        assert_eq!(read.snat_ip, want);
+    }
+    assert_eq!(
+        check_snat_ips(&[Ipv4Addr::new(127, 0, 0, 1)]).unwrap_err(),
+        "snat_ip 127.0.0.1 is not a unicast address"
+    );
 }
 
 #[test]
@@ -71,13 +98,17 @@ fn one_port_may_serve_tcp_and_udp() {
 
 #[test]
 fn an_empty_file_has_no_services() {
-    assert_eq!(parse("").unwrap(), ServiceFile { snat_ip: None, services: vec![], kube: None });
+    assert_eq!(parse("").unwrap(), ServiceFile { snat_ip: vec![], services: vec![], kube: None });
 }
 
 /// Replaces `from` with `to` in the good file and expects an error at
 /// `line` containing `message`.
 #[test]
 fn every_validation_error_names_line_and_problem() {
+    let seventeen = format!(
+        "snat_ip = [{}]",
+        (1..=17).map(|i| format!("\"198.18.3.{i}\"")).collect::<Vec<_>>().join(", ")
+    );
     let cases: &[(&str, &str, &str, usize, &str)] = &[
         (
             "bad vip",
@@ -154,6 +185,36 @@ fn every_validation_error_names_line_and_problem() {
             r#"snat_ip = "nope""#,
             2,
             "snat_ip \"nope\" is not an IPv4 address",
+        ),
+        ("empty snat pool", r#"snat_ip = "198.18.2.1""#, "snat_ip = []", 2, "snat_ip is an empty list"),
+        (
+            "snat pool twice",
+            r#"snat_ip = "198.18.2.1""#,
+            r#"snat_ip = ["198.18.2.1", "198.18.2.2", "198.18.2.1"]"#,
+            2,
+            "snat_ip names 198.18.2.1 twice",
+        ),
+        (
+            "snat pool of numbers",
+            r#"snat_ip = "198.18.2.1""#,
+            "snat_ip = [1, 2]",
+            2,
+            "snat_ip entries are strings, not integer",
+        ),
+        ("snat ip a number", r#"snat_ip = "198.18.2.1""#, "snat_ip = 7", 2, "a string or a list of strings"),
+        (
+            "snat pool member not unicast",
+            r#"snat_ip = "198.18.2.1""#,
+            r#"snat_ip = ["198.18.2.1", "224.0.0.1"]"#,
+            2,
+            "snat_ip 224.0.0.1 is not a unicast address",
+        ),
+        (
+            "snat pool too big",
+            r#"snat_ip = "198.18.2.1""#,
+            &seventeen,
+            2,
+            "snat_ip has 17 addresses; at most 16",
         ),
         (
             "not toml",

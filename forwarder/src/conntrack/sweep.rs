@@ -1,5 +1,6 @@
 //! The periodic sweep: removes expired connections (both entries) and
-//! counts the live ones per service and backend, for `stats`.
+//! counts the live ones per service, backend and SNAT port space, for
+//! `stats`.
 //!
 //! The datapath reuses an expired connection's keys at once (the same
 //! client 5-tuple again, or another connection claiming its reply tuple),
@@ -13,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use forwarder_common::maps::{FlowEntry, FlowKey};
+use forwarder_common::{
+    conntrack::FLAG_SNAT,
+    maps::{FlowEntry, FlowKey},
+};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -42,7 +46,19 @@ pub struct Sweep {
     pub half_open: u64,
     pub by_service: HashMap<u32, u64>,
     pub by_backend: HashMap<u32, u64>,
+    /// SNAT connections by the port space they take a port of.
+    pub by_snat: HashMap<PortSpace, u64>,
     pub removed: u64,
+}
+
+/// Where a SNAT connection's port comes from: one SNAT address towards
+/// one node:port, for one protocol (network byte order, as in the maps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortSpace {
+    pub snat_addr: u32,
+    pub node_addr: u32,
+    pub node_port: u16,
+    pub proto: u8,
 }
 
 impl Default for Sweep {
@@ -53,6 +69,7 @@ impl Default for Sweep {
             half_open: 0,
             by_service: HashMap::new(),
             by_backend: HashMap::new(),
+            by_snat: HashMap::new(),
             removed: 0,
         }
     }
@@ -72,6 +89,16 @@ fn sweep_conns(flows: &mut FlowMap, conns: Vec<Conn>) -> Sweep {
             result.connections += 1;
             *result.by_service.entry(conn.original.service_id).or_default() += 1;
             *result.by_backend.entry(conn.original.backend_id).or_default() += 1;
+            let original = &conn.original;
+            if original.flags & FLAG_SNAT != 0 {
+                let space = PortSpace {
+                    snat_addr: original.new_src,
+                    node_addr: original.new_dst,
+                    node_port: original.new_dport,
+                    proto: conn.key.proto,
+                };
+                *result.by_snat.entry(space).or_default() += 1;
+            }
         }
     }
     result.at = Instant::now();
@@ -139,7 +166,7 @@ fn remove_entry(flows: &mut FlowMap, key: &FlowKey, scanned: &FlowEntry) -> bool
 /// [`sweep`] of the established table and then the half-open one, counted together.
 pub fn sweep_both(tables: &mut Tables) -> Sweep {
     let mut result = sweep(&mut tables.established);
-    let Sweep { at, connections, half_open, by_service, by_backend, removed } =
+    let Sweep { at, connections, half_open, by_service, by_backend, by_snat, removed } =
         sweep_half_open(&mut tables.half_open, &tables.origins, tables.secret);
     result.at = at;
     result.connections += connections;
@@ -150,6 +177,9 @@ pub fn sweep_both(tables: &mut Tables) -> Sweep {
     }
     for (id, count) in by_backend {
         *result.by_backend.entry(id).or_default() += count;
+    }
+    for (space, count) in by_snat {
+        *result.by_snat.entry(space).or_default() += count;
     }
     result
 }

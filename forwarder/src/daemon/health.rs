@@ -249,7 +249,7 @@ mod tests {
 
     fn file(weights: &[u32]) -> ServiceFile {
         ServiceFile {
-            snat_ip: None,
+            snat_ip: Vec::new(),
             services: vec![Service {
                 name: "web".to_owned(),
                 vip: [10, 0, 0, 1].into(),

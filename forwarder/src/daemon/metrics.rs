@@ -166,6 +166,8 @@ pub fn render(stats: &Stats) -> String {
     let reasons: Family<Labels, Counter> = Family::default();
     let connections: Gauge = Gauge::default();
     let half_open: Gauge = Gauge::default();
+    let snat_connections: Family<Labels, Gauge> = Family::default();
+    let snat_busiest: Family<Labels, Gauge> = Family::default();
     registry.register("backend_up", "Health check result: 1 up, 0 down (absent when unchecked)", up.clone());
     registry.register(
         "backend_in_rotation",
@@ -179,6 +181,16 @@ pub fn render(stats: &Stats) -> String {
         "half_open_connections",
         "Tracked connections not answered yet, in the half-open table (as of the last sweep)",
         half_open.clone(),
+    );
+    registry.register(
+        "snat_connections",
+        "SNAT connections per source address and protocol (as of the last sweep)",
+        snat_connections.clone(),
+    );
+    registry.register(
+        "snat_busiest_node_ports",
+        "Ports of a SNAT address taken towards the node:port using most of them (of 31744; as of the last sweep)",
+        snat_busiest.clone(),
     );
 
     for service in &stats.services {
@@ -199,6 +211,12 @@ pub fn render(stats: &Stats) -> String {
     for reason in &stats.reasons {
         reasons.get_or_create(&labels(&[("reason", &reason.reason)])).inc_by(reason.packets);
     }
+    for space in &stats.snat {
+        let (address, protocol) = (space.address.to_string(), space.protocol.to_string());
+        let base = [("address", address.as_str()), ("protocol", protocol.as_str())];
+        snat_connections.get_or_create(&labels(&base)).set(space.connections as i64);
+        snat_busiest.get_or_create(&labels(&base)).set(space.busiest_node_ports as i64);
+    }
     connections.set(stats.connections as i64);
     half_open.set(stats.half_open as i64);
     let mut text = String::new();
@@ -211,7 +229,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{Mode, Protocol},
-        report::{BackendStats, Rates, ReasonCount, ServiceStats},
+        report::{BackendStats, Rates, ReasonCount, ServiceStats, SnatUse},
     };
 
     #[test]
@@ -243,6 +261,13 @@ mod tests {
                 }],
             }],
             reasons: vec![ReasonCount { reason: "redirect".to_owned(), packets: 18 }],
+            snat: vec![SnatUse {
+                address: [10, 0, 0, 9].into(),
+                protocol: Protocol::Tcp,
+                connections: 3,
+                busiest_node_ports: 2,
+                ports_per_node: 31_744,
+            }],
         };
         let text = render(&stats);
         for line in [
@@ -255,6 +280,8 @@ mod tests {
             "forwarder_datapath_packets_total{reason=\"redirect\"} 18",
             "forwarder_connections 2",
             "forwarder_half_open_connections 1",
+            "forwarder_snat_connections{address=\"10.0.0.9\",protocol=\"tcp\"} 3",
+            "forwarder_snat_busiest_node_ports{address=\"10.0.0.9\",protocol=\"tcp\"} 2",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

@@ -63,7 +63,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 pub struct RunConfig {
     pub ifaces: Vec<String>,
     pub services: PathBuf,
-    pub snat_ip: Option<Ipv4Addr>,
+    pub snat_ip: Vec<Ipv4Addr>,
     pub attach: AttachChoice,
     pub xdp_mode: XdpMode,
     pub capacity: Capacity,

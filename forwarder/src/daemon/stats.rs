@@ -2,17 +2,24 @@
 //! (totals from the per-CPU maps, rates between the last two samples,
 //! connection counts from the last sweep).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    time::Instant,
+};
 
 use aya::maps::{MapData, PerCpuArray};
-use forwarder_common::counters::{Reason, Traffic};
+use forwarder_common::{
+    counters::{Reason, Traffic},
+    snat::SNAT_PORTS,
+};
 
 use super::health::Checks;
 use crate::{
-    config::ServiceFile,
+    config::{Protocol, ServiceFile},
     conntrack::sweep::Sweep,
     kernel::Maps,
-    report::{BackendStats, BackendView, Rates, ReasonCount, ServiceStats, ServiceView, Stats},
+    report::{BackendStats, BackendView, Rates, ReasonCount, ServiceStats, ServiceView, SnatUse, Stats},
     state::ServiceTable,
 };
 
@@ -164,5 +171,30 @@ pub fn stats(
         half_open: sweep.half_open,
         services,
         reasons,
+        snat: snat_use(sweep),
     }
+}
+
+/// Port use per SNAT address and protocol, from the sweep's counts per
+/// port space, in address order.
+fn snat_use(sweep: &Sweep) -> Vec<SnatUse> {
+    let mut by_address: BTreeMap<(Ipv4Addr, u8), (u64, u64)> = BTreeMap::new();
+    for (space, &count) in &sweep.by_snat {
+        let (connections, busiest) =
+            by_address.entry((Ipv4Addr::from(u32::from_be(space.snat_addr)), space.proto)).or_default();
+        *connections += count;
+        *busiest = (*busiest).max(count);
+    }
+    by_address
+        .into_iter()
+        .filter_map(|((address, proto), (connections, busiest_node_ports))| {
+            Some(SnatUse {
+                address,
+                protocol: Protocol::from_number(proto)?,
+                connections,
+                busiest_node_ports,
+                ports_per_node: SNAT_PORTS,
+            })
+        })
+        .collect()
 }

@@ -26,6 +26,7 @@ use forwarder_common::{
         backend_entries, names, origin_slots, programs,
     },
     origin::Origin,
+    snat::SnatPool,
 };
 use tracing::warn;
 
@@ -151,6 +152,8 @@ pub struct Maps {
     pub secret: Array<MapData, u64>,
     /// Half-open connections' client direction (see `forwarder_common::origin`).
     pub origins: Array<MapData, Origin>,
+    /// The SNAT address pool (see `forwarder_common::snat::SnatPool`).
+    pub snat_pool: Array<MapData, SnatPool>,
 }
 
 /// The loaded datapath. Dropping it detaches every program whose link is
@@ -266,6 +269,7 @@ impl Kernel {
             sources: take(&mut ebpf, names::SOURCES)?,
             secret: take(&mut ebpf, names::SECRET)?,
             origins: take(&mut ebpf, names::ORIGINS)?,
+            snat_pool: take(&mut ebpf, names::SNAT_POOL)?,
         };
         let mut kernel = Self { ebpf, object, maps, pins, adopted, links: Vec::new() };
         kernel.keep_or_make_secret()?;

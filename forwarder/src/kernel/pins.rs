@@ -11,6 +11,7 @@ use forwarder_common::{
         backend_entries, names, origin_slots,
     },
     origin::Origin,
+    snat::SnatPool,
 };
 use tracing::warn;
 
@@ -119,6 +120,7 @@ impl Pins {
                 Some(capacity.max_half_open_entries),
             ),
             (names::ORIGINS, 4, size_of::<Origin>(), Some(origin_slots(capacity.max_half_open_entries))),
+            (names::SNAT_POOL, 4, size_of::<SnatPool>(), None),
         ];
         let later = later.into_iter().filter(|(name, ..)| self.map(name).exists());
         for (name, key_size, value_size, max_entries) in expected.into_iter().chain(later) {

@@ -7,6 +7,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use forwarder_common::{
     counters::Traffic,
     maps::{Backend, BackendKey, ServiceKey, names, other_bank, wire_addr, wire_port},
+    snat::SnatPool,
 };
 
 use super::{
@@ -17,7 +18,15 @@ use crate::kernel::Maps;
 
 impl ServiceTable {
     pub(super) fn commit(&mut self, plan: Plan, maps: &mut Maps) -> Result<Summary, ApplyError> {
-        let Plan { mut next, new_tables, service_ids, backend_ids, fresh_services, fresh_backends } = plan;
+        let Plan {
+            mut next,
+            new_tables,
+            service_ids,
+            backend_ids,
+            fresh_services,
+            fresh_backends,
+            snat_pool,
+        } = plan;
         let cpus = self.cpus;
         // Counters of new ids start from zero before any entry uses them.
         let reset = |maps: &mut Maps| {
@@ -33,6 +42,7 @@ impl ServiceTable {
             .tables
             .install(&maps.maglev, new_tables)
             .and_then(|()| reset(maps))
+            .and_then(|()| self.write_pool(&snat_pool, maps))
             .and_then(|()| self.write(&next, maps));
         if let Err(error) = written {
             return Err(self.write_back(&next, maps, error));
@@ -72,6 +82,7 @@ impl ServiceTable {
 
         self.service_ids = service_ids;
         self.backend_ids = backend_ids;
+        self.snat_pool = snat_pool;
         let previous = std::mem::replace(&mut self.services, next);
         let mut tables: Vec<u32> = unused_tables.into_iter().chain(adopted_tables).collect();
         tables.sort_unstable();
@@ -84,6 +95,17 @@ impl ServiceTable {
         }
         self.retire_unowned(previous.values());
         Ok(summary)
+    }
+
+    /// The SNAT pool, before the services that use it: one write, which
+    /// new connections see whole or (racing it) as a mix of old and new
+    /// addresses, each usable (see `forwarder_common::snat::SnatPool`).
+    fn write_pool(&mut self, pool: &[std::net::Ipv4Addr], maps: &mut Maps) -> Result<(), ApplyError> {
+        if pool == self.snat_pool && self.adopted_tables.is_none() {
+            return Ok(());
+        }
+        self.faults.before_write(names::SNAT_POOL)?;
+        maps.snat_pool.set(0, pool_value(pool), 0).map_err(map_err(names::SNAT_POOL))
     }
 
     /// The plan's writes: removed services' entries first (a service can
@@ -160,6 +182,7 @@ impl ServiceTable {
             }
             // The attempt deleted no prefix; an adopted table's may be missing.
             let rewrite_sources = self.adopted_tables.is_some();
+            maps.snat_pool.set(0, pool_value(&self.snat_pool), 0).map_err(map_err(names::SNAT_POOL))?;
             for service in self.services.values() {
                 write_backends(&mut unarmed, maps, service)?;
                 for key in service.source_keys().into_iter().filter(|_| rewrite_sources) {
@@ -204,6 +227,16 @@ impl ServiceTable {
         batch.since = Some(std::time::Instant::now());
         self.waiting.push_back(batch);
     }
+}
+
+/// `SNAT_POOL`'s value for `pool` (validated to fit by the file's checks).
+fn pool_value(pool: &[std::net::Ipv4Addr]) -> SnatPool {
+    let mut value = SnatPool::default();
+    for (slot, addr) in value.addrs.iter_mut().zip(pool) {
+        *slot = wire_addr(*addr);
+        value.count += 1;
+    }
+    value
 }
 
 fn remove_key(faults: &mut Faults, maps: &mut Maps, key: ServiceKey) -> Result<(), ApplyError> {

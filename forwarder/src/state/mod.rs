@@ -260,7 +260,9 @@ pub struct ServiceTable {
     /// after its commit.
     waiting: std::collections::VecDeque<Retiring>,
     /// `--snat-ip`, used when the file sets none.
-    snat_override: Option<Ipv4Addr>,
+    snat_override: Vec<Ipv4Addr>,
+    /// The SNAT pool in `SNAT_POOL` (empty: none).
+    snat_pool: Vec<Ipv4Addr>,
     /// Adopted from an earlier daemon: ids are kept, but every entry and
     /// table is written afresh on the next apply (the maps may be behind
     /// the record); the earlier tables are retired after it.
@@ -271,7 +273,7 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    pub fn new(capacity: Capacity, snat_override: Option<Ipv4Addr>) -> Result<Self, ApplyError> {
+    pub fn new(capacity: Capacity, snat_override: Vec<Ipv4Addr>) -> Result<Self, ApplyError> {
         Self::with(capacity, snat_override, BTreeMap::new(), None)
     }
 
@@ -281,7 +283,7 @@ impl ServiceTable {
     /// services installed afresh.
     pub fn adopt(
         capacity: Capacity,
-        snat_override: Option<Ipv4Addr>,
+        snat_override: Vec<Ipv4Addr>,
         previous: Vec<InstalledService>,
     ) -> Result<Self, ApplyError> {
         let fits = |s: &InstalledService| {
@@ -299,7 +301,7 @@ impl ServiceTable {
 
     fn with(
         capacity: Capacity,
-        snat_override: Option<Ipv4Addr>,
+        snat_override: Vec<Ipv4Addr>,
         services: BTreeMap<String, InstalledService>,
         adopted_tables: Option<Vec<u32>>,
     ) -> Result<Self, ApplyError> {
@@ -315,6 +317,7 @@ impl ServiceTable {
             retiring: Retiring::default(),
             waiting: std::collections::VecDeque::new(),
             snat_override,
+            snat_pool: Vec::new(),
             adopted_tables,
             capacity,
             faults: Faults::default(),
@@ -331,7 +334,7 @@ impl ServiceTable {
     /// Makes the maps serve `file`, changing only what differs.
     pub fn apply(&mut self, file: &ServiceFile, maps: &mut Maps) -> Result<Summary, ApplyError> {
         self.retire(maps)?;
-        let sources = SnatSources::resolve(file, self.snat_override);
+        let sources = SnatSources::resolve(file, &self.snat_override);
         let plan = self.plan(file, &sources)?;
         self.commit(plan, maps)
     }

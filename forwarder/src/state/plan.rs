@@ -17,21 +17,22 @@ use crate::{
 };
 
 /// The SNAT source address towards each node a snat-mode service uses:
-/// the file's `snat_ip` or `--snat-ip` when set, else the address the
-/// host would use as source towards the node (one route lookup per node).
+/// the file's `snat_ip` or `--snat-ip` when set (the first, where they
+/// name a pool), else the address the host would use as source towards
+/// the node (one route lookup per node).
 #[derive(Debug, Default)]
 pub struct SnatSources {
-    configured: Option<Ipv4Addr>,
+    configured: Vec<Ipv4Addr>,
     by_node: HashMap<Ipv4Addr, Result<Ipv4Addr, String>>,
 }
 
 impl SnatSources {
     /// Asks the host for the sources `file` needs.
     #[must_use]
-    pub fn resolve(file: &ServiceFile, snat_override: Option<Ipv4Addr>) -> Self {
-        let configured = file.snat_ip.or(snat_override);
+    pub fn resolve(file: &ServiceFile, snat_override: &[Ipv4Addr]) -> Self {
+        let configured = if file.snat_ip.is_empty() { snat_override } else { &file.snat_ip }.to_vec();
         let mut by_node = HashMap::new();
-        if configured.is_none() {
+        if configured.is_empty() {
             for service in file.services.iter().filter(|s| s.mode == Mode::Snat) {
                 for backend in &service.backends {
                     by_node
@@ -43,8 +44,15 @@ impl SnatSources {
         Self { configured, by_node }
     }
 
+    /// The pool new SNAT connections spread over: the configured
+    /// addresses where there are several, else none (each backend's own).
+    #[must_use]
+    pub fn pool(&self) -> Vec<Ipv4Addr> {
+        if self.configured.len() > 1 { self.configured.clone() } else { Vec::new() }
+    }
+
     fn towards(&self, node: Ipv4Addr) -> Result<Ipv4Addr, String> {
-        match (self.configured, self.by_node.get(&node)) {
+        match (self.configured.first().copied(), self.by_node.get(&node)) {
             (Some(ip), _) => Ok(ip),
             (None, Some(found)) => found.clone(),
             (None, None) => Err("not resolved".to_owned()),
@@ -62,6 +70,8 @@ pub(super) struct Plan {
     /// Ids new to this plan, whose counters start from zero.
     pub fresh_services: Vec<u32>,
     pub fresh_backends: Vec<u32>,
+    /// The SNAT address pool (see [`SnatSources::pool`]).
+    pub snat_pool: Vec<Ipv4Addr>,
 }
 
 impl ServiceTable {
@@ -75,6 +85,7 @@ impl ServiceTable {
             backend_ids: self.backend_ids.clone(),
             fresh_services: Vec::new(),
             fresh_backends: Vec::new(),
+            snat_pool: sources.pool(),
         };
         let prefixes: usize = file.services.iter().map(|s| s.source_ranges.len()).sum();
         if prefixes > MAX_SOURCE_PREFIXES as usize {

@@ -57,7 +57,7 @@ pub fn measure(rounds: u32) -> anyhow::Result<ControlPlane> {
         ns.enter(|| -> anyhow::Result<()> {
             let capacity = Capacity { max_services: 16_384, max_backends: 32_768, ..Capacity::default() };
             let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;
-            let mut table = ServiceTable::new(capacity, None)?;
+            let mut table = ServiceTable::new(capacity, Vec::new())?;
             let start = Instant::now();
             table.apply(&file, &mut kernel.maps)?;
             apply.push(ms(start));

@@ -151,7 +151,7 @@ impl Timer {
                 ..Capacity::default()
             };
             let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;
-            let mut table = ServiceTable::new(capacity, None)?;
+            let mut table = ServiceTable::new(capacity, Vec::new())?;
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
             let config = GenConfig { frame: template()?, flows, vips: services };

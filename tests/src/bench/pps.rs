@@ -163,7 +163,7 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
                 };
                 let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;
                 let file = ServiceFile::parse(Path::new("bench.toml"), &services(mode))?;
-                let mut table = ServiceTable::new(capacity, None)?;
+                let mut table = ServiceTable::new(capacity, Vec::new())?;
                 table.apply(&file, &mut kernel.maps)?;
                 kernel.attach("f0", plan)?;
                 kernel.attach("f1", plan)?;

@@ -171,7 +171,15 @@ impl Rig {
             Ok(ebpf)
         })?;
         let generator = generator_ns.enter(load_bench)?;
-        Ok(Self { generator_ns, fwd, sink, links, generator, sink_object, generator_kind: GeneratorKind::LiveFrames })
+        Ok(Self {
+            generator_ns,
+            fwd,
+            sink,
+            links,
+            generator,
+            sink_object,
+            generator_kind: GeneratorKind::LiveFrames,
+        })
     }
 
     /// Packets the sink has counted.
