@@ -116,12 +116,16 @@ impl Origin {
         self.key == *key && self.check == Self::check_of(&self.key, &self.reply, &self.hop)
     }
 
-    /// Records `hop`, looked up for a packet of IPv4 length `len`.
+    /// Records `hop`, looked up for a packet of IPv4 length `len`, in the
+    /// slot of the connection `key` whose reply entry is keyed `reply`
+    /// (as the caller read them): the check is made from those, not from
+    /// the slot, so that a slot another CPU rewrote for another
+    /// connection meanwhile becomes untrusted rather than gets this hop.
     #[inline(always)]
-    pub fn set_hop(&mut self, hop: &NextHop, len: u16) {
+    pub fn set_hop(&mut self, key: &FlowKey, reply: &FlowKey, hop: &NextHop, len: u16) {
         self.hop = *hop;
         self.hop_len = len;
-        self.check = Self::check_of(&self.key, &self.reply, &self.hop);
+        self.check = Self::check_of(key, reply, hop);
     }
 
     /// The original-direction entry this slot stands for, with `reply`,
@@ -184,8 +188,14 @@ mod tests {
         assert!(slot.describes(&client));
         assert!(!slot.describes(&FlowKey::new(11, 20, 1000, 80, PROTO_TCP)), "another tuple");
         let hop = NextHop { ifindex: 4, src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2] };
-        slot.set_hop(&hop, 1500);
+        slot.set_hop(&client, &reply_key, &hop, 1500);
         assert!(slot.describes(&client), "a recorded next hop keeps it whole");
+        let mut rewritten = Origin::new(FlowKey::new(11, 20, 1000, 80, PROTO_TCP), reply_key, 0, 0, 2);
+        rewritten.set_hop(&client, &reply_key, &hop, 1500);
+        assert!(
+            !rewritten.describes(&FlowKey::new(11, 20, 1000, 80, PROTO_TCP)),
+            "a hop recorded for another connection's key leaves the slot untrusted"
+        );
         let mut torn = slot;
         torn.hop.dst_mac[5] = 9;
         assert!(!torn.describes(&client), "half of another writer's next hop");

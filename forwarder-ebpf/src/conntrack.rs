@@ -179,6 +179,12 @@ pub fn promote(key: &FlowKey, packet_seen: u8) {
     // SAFETY: this CPU's scratch slot, used at once.
     let original = unsafe { &mut *original };
     *original = slot.entry(reply);
+    // Read again: another CPU may have rewritten the slot for a colliding
+    // connection while it was copied (a torn copy must not become an
+    // established entry).
+    if !slot.describes(&original_key) || slot.reply != *key {
+        return;
+    }
     if FLOWS.insert(key, reply, u64::from(BPF_ANY)).is_err() {
         return;
     }
@@ -422,11 +428,12 @@ pub fn record(
             // alone is checked: a slot torn elsewhere is still refused by
             // its readers, whose reply entry must pair with the key.
             let described = unsafe { &mut *slot };
+            let reply = described.reply;
             if described.key != *key {
                 return;
             }
             if let Some((hop, len)) = hop {
-                described.set_hop(&hop, len);
+                described.set_hop(key, &reply, &hop, len);
             }
             touch(table, key, At::Origin(slot), packet_seen, now);
         }

@@ -121,8 +121,12 @@ fn retake(
     let slot = unsafe { &*conntrack::slot_of(hash)? };
     let reply = slot.reply;
     let fresh = now.saturating_sub(slot.last_seen_ns) <= TCP_SYN_TIMEOUT_NS;
-    // Its address may be any of the pool's: the slot was written for it.
-    let ours = reply.src == backend.addr && reply.sport == backend.port && reply.dst != 0;
+    // Its address may be any of the pool's (the slot was written for a
+    // SNAT connection to this backend; not one of preserve mode's).
+    let ours = slot.flags & FLAG_SNAT != 0
+        && reply.src == backend.addr
+        && reply.sport == backend.port
+        && reply.dst != 0;
     if !fresh || !ours || !slot.describes(&pkt.key) || FLOWS.get_ptr(&reply).is_some() {
         return None;
     }

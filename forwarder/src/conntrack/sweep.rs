@@ -15,7 +15,7 @@ use std::{
 };
 
 use forwarder_common::{
-    conntrack::FLAG_SNAT,
+    conntrack::{FLAG_REPLY, FLAG_SNAT},
     maps::{FlowEntry, FlowKey},
 };
 use tokio::sync::watch;
@@ -85,24 +85,41 @@ fn sweep_conns(flows: &mut FlowMap, conns: Vec<Conn>) -> Sweep {
             if remove(flows, &conn) {
                 result.removed += 1;
             }
-        } else if !conn.orphan {
-            result.connections += 1;
-            *result.by_service.entry(conn.original.service_id).or_default() += 1;
-            *result.by_backend.entry(conn.original.backend_id).or_default() += 1;
-            let original = &conn.original;
-            if original.flags & FLAG_SNAT != 0 {
-                let space = PortSpace {
-                    snat_addr: original.new_src,
-                    node_addr: original.new_dst,
-                    node_port: original.new_dport,
-                    proto: conn.key.proto,
-                };
+        } else {
+            if !conn.orphan {
+                result.connections += 1;
+                *result.by_service.entry(conn.original.service_id).or_default() += 1;
+                *result.by_backend.entry(conn.original.backend_id).or_default() += 1;
+            }
+            // An orphan reply entry still holds its port.
+            if let Some(space) = port_space(&conn) {
                 *result.by_snat.entry(space).or_default() += 1;
             }
         }
     }
     result.at = Instant::now();
     result
+}
+
+/// The SNAT port space `conn` holds a port of, if it is a SNAT connection.
+fn port_space(conn: &Conn) -> Option<PortSpace> {
+    let (key, entry) = (&conn.key, &conn.original);
+    if conn.orphan && entry.flags & FLAG_REPLY != 0 {
+        // A reply entry alone, keyed node -> SNAT address: SNAT's replies
+        // have their destination rewritten, preserve's their source.
+        return (entry.new_dst != key.dst).then_some(PortSpace {
+            snat_addr: key.dst,
+            node_addr: key.src,
+            node_port: key.sport,
+            proto: key.proto,
+        });
+    }
+    (entry.flags & FLAG_SNAT != 0).then_some(PortSpace {
+        snat_addr: entry.new_src,
+        node_addr: entry.new_dst,
+        node_port: entry.new_dport,
+        proto: key.proto,
+    })
 }
 
 /// Removes expired connections (both entries) from the established table

@@ -82,7 +82,7 @@ impl ServiceTable {
 
         self.service_ids = service_ids;
         self.backend_ids = backend_ids;
-        self.snat_pool = snat_pool;
+        self.snat_pool = Some(snat_pool);
         let previous = std::mem::replace(&mut self.services, next);
         let mut tables: Vec<u32> = unused_tables.into_iter().chain(adopted_tables).collect();
         tables.sort_unstable();
@@ -101,7 +101,10 @@ impl ServiceTable {
     /// new connections see whole or (racing it) as a mix of old and new
     /// addresses, each usable (see `forwarder_common::snat::SnatPool`).
     fn write_pool(&mut self, pool: &[std::net::Ipv4Addr], maps: &mut Maps) -> Result<(), ApplyError> {
-        if pool == self.snat_pool && self.adopted_tables.is_none() {
+        if self.snat_pool.is_none() {
+            self.snat_pool = Some(read_pool(maps)?);
+        }
+        if self.snat_pool.as_deref() == Some(pool) {
             return Ok(());
         }
         self.faults.before_write(names::SNAT_POOL)?;
@@ -182,7 +185,9 @@ impl ServiceTable {
             }
             // The attempt deleted no prefix; an adopted table's may be missing.
             let rewrite_sources = self.adopted_tables.is_some();
-            maps.snat_pool.set(0, pool_value(&self.snat_pool), 0).map_err(map_err(names::SNAT_POOL))?;
+            if let Some(pool) = &self.snat_pool {
+                maps.snat_pool.set(0, pool_value(pool), 0).map_err(map_err(names::SNAT_POOL))?;
+            }
             for service in self.services.values() {
                 write_backends(&mut unarmed, maps, service)?;
                 for key in service.source_keys().into_iter().filter(|_| rewrite_sources) {
@@ -227,6 +232,13 @@ impl ServiceTable {
         batch.since = Some(std::time::Instant::now());
         self.waiting.push_back(batch);
     }
+}
+
+/// The pool `SNAT_POOL` holds.
+fn read_pool(maps: &Maps) -> Result<Vec<std::net::Ipv4Addr>, ApplyError> {
+    let value = maps.snat_pool.get(&0, 0).map_err(map_err(names::SNAT_POOL))?;
+    let count = (value.count as usize).min(value.addrs.len());
+    Ok(value.addrs[..count].iter().map(|wire| std::net::Ipv4Addr::from(u32::from_be(*wire))).collect())
 }
 
 /// `SNAT_POOL`'s value for `pool` (validated to fit by the file's checks).

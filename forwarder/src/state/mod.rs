@@ -261,8 +261,9 @@ pub struct ServiceTable {
     waiting: std::collections::VecDeque<Retiring>,
     /// `--snat-ip`, used when the file sets none.
     snat_override: Vec<Ipv4Addr>,
-    /// The SNAT pool in `SNAT_POOL` (empty: none).
-    snat_pool: Vec<Ipv4Addr>,
+    /// The SNAT pool in `SNAT_POOL` (empty: none); unknown until the
+    /// first commit reads it (an adopted map holds the earlier daemon's).
+    snat_pool: Option<Vec<Ipv4Addr>>,
     /// Adopted from an earlier daemon: ids are kept, but every entry and
     /// table is written afresh on the next apply (the maps may be behind
     /// the record); the earlier tables are retired after it.
@@ -317,7 +318,7 @@ impl ServiceTable {
             retiring: Retiring::default(),
             waiting: std::collections::VecDeque::new(),
             snat_override,
-            snat_pool: Vec::new(),
+            snat_pool: None,
             adopted_tables,
             capacity,
             faults: Faults::default(),
