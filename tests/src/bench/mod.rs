@@ -319,20 +319,35 @@ fn http_rates(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
 /// Moves every connection of the half-open table to the established one,
 /// as the nodes' answers would: the benches' traffic is one-way (the
 /// generator never answers), and their established cases time the path of
-/// established connections. Returns how many entries moved.
+/// established connections. A connection whose slot a colliding one took
+/// (the benches keep thousands half-open at once, which real traffic does
+/// not) gets its original entry built from its reply entry, so that no
+/// flow of an established case stays a new flow on every packet. Returns
+/// how many entries moved.
 pub fn establish_all(maps: &mut forwarder::kernel::Maps) -> anyhow::Result<usize> {
+    use forwarder_common::{
+        conntrack::{FLAG_SNAT, SEEN_PACKET},
+        origin::Origin,
+    };
     let secret = maps.secret.get(&0, 0)?;
     let conns = forwarder::conntrack::scan_half_open(&maps.half_open, &maps.origins, secret);
     let mut moved = 0;
     for conn in conns {
-        let reply_key = if conn.from_slot { conn.original.peer_key(conn.key.proto) } else { conn.key };
-        let reply = conn.reply.unwrap_or(conn.original);
+        let proto = conn.key.proto;
+        let (reply_key, reply, original) = match conn.reply {
+            Some(reply) if conn.from_slot => (conn.original.peer_key(proto), reply, conn.original),
+            _ => {
+                let (reply_key, reply) = (conn.key, conn.original);
+                // SNAT rewrites the reply's destination, preserve its source.
+                let flags = if reply.new_dst == reply_key.dst { 0 } else { FLAG_SNAT };
+                let slot =
+                    Origin::new(reply.peer_key(proto), reply_key, flags, SEEN_PACKET, reply.last_seen_ns);
+                (reply_key, reply, slot.entry(&reply))
+            }
+        };
         maps.flows.insert(reply_key, reply, 0)?;
-        moved += 1;
-        if conn.from_slot {
-            maps.flows.insert(conn.key, conn.original, 0)?;
-            moved += 1;
-        }
+        maps.flows.insert(reply.peer_key(proto), original, 0)?;
+        moved += 2;
         maps.half_open.remove(&reply_key)?;
     }
     Ok(moved)
