@@ -234,21 +234,13 @@ impl Rig {
         let program = program(&mut self.generator, "bench_gen")?;
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
         let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, g0, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        const REPEAT: u32 = 1 << 18;
-        self.generator_ns.enter(|| -> anyhow::Result<u64> {
-            pin_to_cpu(0);
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while start.elapsed() < duration {
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&frame);
-                opts.ctx_in = Some(&ctx);
-                opts.repeat = REPEAT;
-                opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-                program.test_run(opts)?;
-                sent += u64::from(REPEAT);
-            }
-            Ok(sent)
+        run_for(&self.generator_ns, duration, 1 << 18, |repeat| {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(&frame);
+            opts.ctx_in = Some(&ctx);
+            opts.repeat = repeat;
+            opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+            program.test_run(opts).map(drop)
         })
     }
 
@@ -264,22 +256,34 @@ impl Rig {
         // run's skb belongs to, which the program sends its clone out of.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&g0.to_ne_bytes());
-        const REPEAT: u32 = 1 << 16;
-        self.generator_ns.enter(|| -> anyhow::Result<u64> {
-            pin_to_cpu(0);
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while start.elapsed() < duration {
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&frame);
-                opts.ctx_in = Some(&ctx);
-                opts.repeat = REPEAT;
-                program.test_run(opts)?;
-                sent += u64::from(REPEAT);
-            }
-            Ok(sent)
+        run_for(&self.generator_ns, duration, 1 << 16, |repeat| {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(&frame);
+            opts.ctx_in = Some(&ctx);
+            opts.repeat = repeat;
+            program.test_run(opts).map(drop)
         })
     }
+}
+
+/// Runs `test_run` (with `repeat` runs each time) in `ns`, on CPU 0, until
+/// `duration` has passed; the runs made.
+fn run_for(
+    ns: &Netns,
+    duration: Duration,
+    repeat: u32,
+    mut test_run: impl FnMut(u32) -> Result<(), aya::programs::ProgramError> + Send,
+) -> anyhow::Result<u64> {
+    ns.enter(|| -> anyhow::Result<u64> {
+        pin_to_cpu(0);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            test_run(repeat)?;
+            sent += u64::from(repeat);
+        }
+        Ok(sent)
+    })
 }
 
 /// Whether a test run failed because the kernel does not allow it (rather
