@@ -32,6 +32,8 @@ pub mod names {
     pub const SECRET: &str = "SECRET";
     pub const ORIGINS: &str = "ORIGINS";
     pub const SNAT_POOL: &str = "SNAT_POOL";
+    /// Per CPU, not pinned: a cache a new daemon starts empty.
+    pub const FIRST_HOPS: &str = "FIRST_HOPS";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
     /// added later (SOURCES, SECRET, HALF_OPEN) is created and pinned by the first

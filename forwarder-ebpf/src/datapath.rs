@@ -15,7 +15,7 @@ use crate::{
     fwd::{self, Route},
     icmp, lb,
     maps::{SCRATCH, SCRATCH_PACKET},
-    nat,
+    mem, nat,
     parse::{Packet, parse},
     pmtu, stats,
 };
@@ -99,6 +99,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     };
     let now = conntrack::now_ns();
     let wire_len = hook.wire_len(&pkt);
+    let ingress = hook.ingress_ifindex();
     // The flow's entry, and its cached next hop unless due for a check or
     // the packet is longer than the one the route (and MTU) was checked
     // for. The entry lives in per-CPU scratch memory: the stack has no
@@ -116,7 +117,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Lookup::Usable { table, ptr } => {
             // SAFETY: a map value pointer from the lookup helper, copied
             // so later map updates cannot alias it.
-            *entry = unsafe { *ptr };
+            unsafe { mem::copy::<u64, _>(entry, ptr) };
             if pkt.ttl() <= 1 {
                 return Err(Reason::PassTtlExpired);
             }
@@ -139,12 +140,11 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
             (Table::HalfOpen, Kind::Origin, true, cached)
         }
         Lookup::New { stale } => {
-            new_flow(&pkt, now, stale, entry)?;
-            (Table::HalfOpen, Kind::Origin, false, false)
+            new_flow(&pkt, now, stale, ingress, wire_len, entry)?;
+            (Table::HalfOpen, Kind::Origin, false, entry.hop.ifindex != 0)
         }
     };
     let entry: &FlowEntry = entry;
-    let ingress = hook.ingress_ifindex();
     let route = if cached {
         Route::Via(entry.hop)
     } else {
@@ -154,6 +154,9 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         }
         match &route {
             Route::Via(hop) => {
+                if !tracked {
+                    fwd::keep_first_hop(&pkt, entry, ingress, wire_len, hop, now);
+                }
                 conntrack::record(table, kind, &pkt.key, pkt.seen, now, Some((*hop, wire_len)))
             }
             Route::NoNeigh { .. } if H::RESOLVES_NEIGH => {
@@ -246,11 +249,19 @@ fn too_big<H: Hook>(hook: &H, pkt: &Packet, mtu: u16) -> Result<Verdict, Reason>
     Ok(Verdict::Redirect(hook.ingress_ifindex()))
 }
 
-/// A packet without a usable flow: if it is for a service, start a
-/// connection (`stale`: see [`conntrack::Lookup`]); its original entry
-/// goes to `entry`.
+/// A packet without a usable flow (arriving on `ingress`, `wire_len`
+/// long): if it is for a service, start a connection (`stale`: see
+/// [`conntrack::Lookup`]); its original entry goes to `entry`, with a
+/// next hop if one recent enough is known (see `fwd::first_hop`).
 #[inline(always)]
-fn new_flow(pkt: &Packet, now: u64, stale: bool, entry: &mut FlowEntry) -> Result<(), Reason> {
+fn new_flow(
+    pkt: &Packet,
+    now: u64,
+    stale: bool,
+    ingress: u32,
+    wire_len: u16,
+    entry: &mut FlowEntry,
+) -> Result<(), Reason> {
     let service = lb::service(&pkt.key).ok_or(Reason::PassNoService)?;
     if pkt.ttl() <= 1 {
         return Err(Reason::PassTtlExpired);
@@ -262,6 +273,11 @@ fn new_flow(pkt: &Packet, now: u64, stale: bool, entry: &mut FlowEntry) -> Resul
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;
     nat::create(pkt, &service, &backend, hash, now, stale, entry)?;
+    if let Some((hop, len)) = fwd::first_hop(pkt, entry, ingress, wire_len, now) {
+        entry.hop = hop;
+        entry.hop_len = len;
+    }
+    nat::remember_origin(pkt, entry, hash)?;
     stats::new_flow(entry);
     Ok(())
 }

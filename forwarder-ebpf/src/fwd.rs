@@ -1,6 +1,7 @@
-//! Next hop: `bpf_fib_lookup` for the translated packet, then MACs.
+//! Next hop: `bpf_fib_lookup` for the translated packet (or, for a new
+//! connection, a recent answer for the same node), then MACs.
 
-use core::{ffi::c_void, mem::size_of};
+use core::{ffi::c_void, mem::MaybeUninit, mem::size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -9,13 +10,14 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup as fib_lookup,
 };
 use forwarder_common::{
+    conntrack::REFRESH_INTERVAL_NS,
     counters::Reason,
     maps::{FlowEntry, NextHop},
 };
 
 use network_types::eth::EthHdr;
 
-use crate::parse::Packet;
+use crate::{maps::FIRST_HOPS, mem, parse::Packet};
 
 /// `AF_INET`, as `bpf_fib_lookup` and `bpf_redirect_neigh` take it.
 pub const AF_INET: u8 = 2;
@@ -65,6 +67,75 @@ pub fn route(
     lookup(ctx, ingress, &query)
 }
 
+/// A next hop found for a new connection, kept for the next ones to the
+/// same node: a `FIRST_HOPS` value.
+#[repr(C)]
+pub struct FirstHop {
+    /// When it was looked up.
+    checked_ns: u64,
+    /// What it was looked up for: node, source (wire order), ingress
+    /// interface, TOS, and the IPv4 length the egress MTU was checked
+    /// against.
+    dst: u32,
+    src: u32,
+    ingress: u32,
+    hop: NextHop,
+    len: u16,
+    tos: u8,
+    _pad: u8,
+}
+
+/// The next hop (and the IPv4 length it was checked for) that a new
+/// connection translated by `entry` may take without a route lookup: one
+/// this CPU found within the last `REFRESH_INTERVAL_NS` for a packet to
+/// the same node from the same source, arriving on the same interface
+/// with the same TOS, and at least as long as this one (`wire_len`). The
+/// lookup is most of what a new connection costs after its table entry.
+/// The connection looks its own route up at its first refresh, a second
+/// later, so a route change reaches it as it reaches an established one.
+/// Left out of the match: protocol and ports, which only policy rules on
+/// ports and layer-4 multipath hashing read; with those, a connection's
+/// first second may take another path of its route than the rest.
+#[inline(always)]
+pub fn first_hop(
+    pkt: &Packet,
+    entry: &FlowEntry,
+    ingress: u32,
+    wire_len: u16,
+    now: u64,
+) -> Option<(NextHop, u16)> {
+    // SAFETY: this CPU's slot, read at once.
+    let kept = unsafe { &*FIRST_HOPS.get_ptr(entry.backend_id)? };
+    let usable = kept.hop.ifindex != 0
+        && kept.dst == entry.new_dst
+        && kept.src == entry.new_src
+        && kept.ingress == ingress
+        && kept.tos == pkt.tos()
+        && wire_len <= kept.len
+        && now.saturating_sub(kept.checked_ns) <= REFRESH_INTERVAL_NS;
+    usable.then_some((kept.hop, kept.len))
+}
+
+/// Keeps `hop`, just looked up for the new connection of `pkt` translated
+/// by `entry` (see [`first_hop`]).
+#[inline(always)]
+pub fn keep_first_hop(pkt: &Packet, entry: &FlowEntry, ingress: u32, wire_len: u16, hop: &NextHop, now: u64) {
+    let Some(kept) = FIRST_HOPS.get_ptr_mut(entry.backend_id) else { return };
+    // SAFETY: this CPU's slot: no other writer while the program runs.
+    let kept = unsafe { &mut *kept };
+    kept.checked_ns = now;
+    kept.dst = entry.new_dst;
+    kept.src = entry.new_src;
+    kept.ingress = ingress;
+    kept.hop = *hop;
+    kept.len = wire_len;
+    kept.tos = pkt.tos();
+}
+
+/// `bpf_fib_lookup`, 8-aligned so that it can be zeroed a word at a time.
+#[repr(C, align(8))]
+struct Params(bpf_fib_lookup);
+
 /// Looks up where a packet arriving on `ingress` and leaving as `query`
 /// goes.
 #[expect(
@@ -73,8 +144,13 @@ pub fn route(
 )]
 #[inline(always)]
 pub fn lookup(ctx: *mut c_void, ingress: u32, query: &Query) -> Result<Route, Reason> {
-    // SAFETY: `bpf_fib_lookup` is plain data; all-zeroes is its "unset" state.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // Zeroed word by word (see `mem`): all-zeroes is its "unset" state.
+    let mut params = MaybeUninit::<Params>::uninit();
+    // SAFETY: a local, aligned; `bpf_fib_lookup` is plain data.
+    let params = unsafe {
+        mem::zero(params.as_mut_ptr());
+        &mut (*params.as_mut_ptr()).0
+    };
     params.family = AF_INET;
     params.l4_protocol = query.proto;
     // Volatile: two constant ports would otherwise merge into one 4-byte
@@ -90,7 +166,7 @@ pub fn lookup(ctx: *mut c_void, ingress: u32, query: &Query) -> Result<Route, Re
     params.__bindgen_anon_3.ipv4_src = query.src;
     params.__bindgen_anon_4.ipv4_dst = query.dst;
     // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size given.
-    let rc = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe { fib_lookup(ctx, params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(Route::Via(NextHop {
             ifindex: params.ifindex,

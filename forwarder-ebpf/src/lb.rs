@@ -1,5 +1,7 @@
 //! Service lookup and backend choice (Maglev).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use forwarder_common::{
     counters::Reason,
@@ -9,15 +11,23 @@ use forwarder_common::{
     },
 };
 
-use crate::maps::{BACKENDS, MAGLEV, SERVICES, SOURCES};
+use crate::{
+    maps::{BACKENDS, MAGLEV, SERVICES, SOURCES},
+    mem,
+};
 
 /// The service a packet's destination (VIP, port, protocol) belongs to.
 #[inline(always)]
 pub fn service(key: &FlowKey) -> Option<ServiceEntry> {
     let service_key = ServiceKey { vip: key.dst, port: key.dport, proto: key.proto, _pad: 0 };
+    let found = SERVICES.get_ptr(service_key)?;
+    let mut service = MaybeUninit::<ServiceEntry>::uninit();
     // SAFETY: service values are replaced whole by user space, never
-    // written in place; the copy is taken at once.
-    unsafe { SERVICES.get(service_key).copied() }
+    // written in place; the copy (of plain data) is taken at once.
+    unsafe {
+        mem::copy::<u32, _>(service.as_mut_ptr(), found);
+        Some(service.assume_init())
+    }
 }
 
 /// Picks the backend for a new flow from the service's Maglev table.

@@ -17,6 +17,7 @@ pub mod fwd;
 pub mod icmp;
 pub mod lb;
 pub mod maps;
+pub mod mem;
 pub mod nat;
 pub mod parse;
 pub mod pmtu;

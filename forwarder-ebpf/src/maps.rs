@@ -1,6 +1,7 @@
 //! Every map the datapath uses. Capacities here are defaults; the daemon
 //! sets the real ones at load time.
 
+use crate::fwd::FirstHop;
 use aya_ebpf::{
     Global,
     btf_maps::{Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
@@ -81,6 +82,11 @@ pub static SERVICE_TRAFFIC: PerCpuArray<Traffic, MAX_SERVICES> = PerCpuArray::ne
 
 #[btf_map]
 pub static BACKEND_TRAFFIC: PerCpuArray<Traffic, MAX_BACKENDS> = PerCpuArray::new();
+
+/// Backend id -> the next hop this CPU's last new connection to it found
+/// (see `fwd::route_new`).
+#[btf_map]
+pub static FIRST_HOPS: PerCpuArray<FirstHop, MAX_BACKENDS> = PerCpuArray::new();
 
 /// Indexed by `forwarder_common::counters::Reason`.
 #[btf_map]

@@ -23,8 +23,8 @@ const EEXIST: i32 = 17;
 
 /// Creates the connection for `pkt` (whose flow hash is `hash`) towards
 /// `backend`: its reply entry in the half-open table, which claims the
-/// reply tuple, and its slot for the client's direction. Writes the
-/// original-direction entry to translate `pkt` with to `entry`.
+/// reply tuple. Writes the original-direction entry to translate `pkt`
+/// with to `entry`; [`remember_origin`] then writes its slot.
 /// `stale`: an unusable entry of an earlier connection is left under the
 /// packet's key in the established table.
 #[inline(always)]
@@ -80,13 +80,22 @@ pub fn create(
     if stale {
         let _ = FLOWS.remove(&original);
     }
+    Ok(())
+}
+
+/// Writes the `ORIGINS` slot of the connection [`create`] just made for
+/// `pkt` (flow hash `hash`), whose original entry is `entry` (its next
+/// hop included, if known); if there is none, undoes the connection.
+#[inline(always)]
+pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(), Reason> {
+    let reply = entry.peer_key(pkt.key.proto);
     let Some(slot) = conntrack::slot_of(hash) else {
-        let _ = HALF_OPEN.remove(to.reversed());
+        let _ = HALF_OPEN.remove(&reply);
         return Err(Reason::DropFlowTableFull);
     };
     // SAFETY: an `ORIGINS` value pointer; the slot is written whole, its
     // check last, and trusted by readers only if the check matches.
-    unsafe { write_origin(&mut *slot, &original, &to, flags, pkt.seen, now) };
+    unsafe { write_origin(&mut *slot, &pkt.key, &reply, entry) };
     Ok(())
 }
 
@@ -140,20 +149,18 @@ fn retake(
     Some((reply.dst, reply.dport))
 }
 
-/// Fills `slot` for the client tuple `key` translated to `to` (so its
-/// reply entry is keyed `to` reversed), original-entry `flags`, field by field, the check from
-/// what was written: the stack has no room for a copy.
+/// Fills `slot` for the client tuple `key` whose reply entry is keyed
+/// `reply` and whose original entry is `entry`, field by field, the check
+/// from what was written: the stack has no room for a copy.
 #[inline(always)]
-fn write_origin(slot: &mut Origin, key: &FlowKey, to: &FlowKey, flags: u8, seen: u8, now: u64) {
+fn write_origin(slot: &mut Origin, key: &FlowKey, reply: &FlowKey, entry: &FlowEntry) {
     slot.key = *key;
-    slot.reply = to.reversed();
-    slot.hop.ifindex = 0;
-    slot.hop.src_mac = [0; 6];
-    slot.hop.dst_mac = [0; 6];
-    slot.last_seen_ns = now;
-    slot.hop_len = 0;
-    slot.seen = seen;
-    slot.flags = flags;
+    slot.reply = *reply;
+    slot.hop = entry.hop;
+    slot.last_seen_ns = entry.last_seen_ns;
+    slot.hop_len = entry.hop_len;
+    slot.seen = entry.seen;
+    slot.flags = entry.flags;
     slot.check = Origin::check_of(&slot.key, &slot.reply, &slot.hop);
 }
 

@@ -230,6 +230,7 @@ impl Kernel {
             .map_max_entries(names::SERVICE_TRAFFIC, max_services)
             .map_max_entries(names::BACKENDS, backend_entries(max_backends))
             .map_max_entries(names::BACKEND_TRAFFIC, max_backends)
+            .map_max_entries(names::FIRST_HOPS, max_backends)
             .map_max_entries(names::FLOWS, max_flow_entries)
             .map_max_entries(names::HALF_OPEN, max_half_open_entries)
             .map_max_entries(names::ORIGINS, origin_slots)
