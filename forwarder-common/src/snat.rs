@@ -11,6 +11,12 @@ pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 32767;
 /// How many ports a new SNAT flow tries before it is dropped.
 pub const SNAT_PORT_TRIES: u32 = 16;
+/// Of those, how many it tries for a free port before it takes over one a
+/// half-open connection holds: when a flood of unanswered connections
+/// holds most ports, every new connection would otherwise pay for all
+/// `SNAT_PORT_TRIES` tries twice over.
+pub const SNAT_FREE_TRIES: u32 = 4;
+const _: () = assert!(SNAT_FREE_TRIES <= SNAT_PORT_TRIES);
 /// Ports per SNAT address (and protocol, and node): concurrent
 /// connections one address can carry to one NodePort.
 pub const SNAT_PORTS: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;

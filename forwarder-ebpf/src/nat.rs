@@ -14,6 +14,7 @@ use forwarder_common::{
 use crate::{
     conntrack::{self, Table},
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
+    mem,
     parse::Packet,
     ports, stats,
 };
@@ -176,19 +177,26 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
         // Lookups look in the established table first.
         let _ = FLOWS.remove(key);
     }
-    match HALF_OPEN.insert(key, reply, u64::from(BPF_NOEXIST)) {
-        Ok(()) => return Ok(true),
-        Err(err) if err == -EEXIST => {}
-        Err(_) => return Err(Reason::DropFlowTableFull),
+    // Looked up before inserting: an insertion allocates an entry first,
+    // from the full table by evicting one, even when the key turns out to
+    // be taken, so a port tried in vain would cost a connection.
+    let held = HALF_OPEN.get_ptr_mut(key);
+    if held.is_none() {
+        match HALF_OPEN.insert(key, reply, u64::from(BPF_NOEXIST)) {
+            Ok(()) => return Ok(true),
+            Err(err) if err == -EEXIST => {}
+            Err(_) => return Err(Reason::DropFlowTableFull),
+        }
     }
-    if let Some(existing) = HALF_OPEN.get_ptr_mut(key) {
+    if let Some(existing) = held.or_else(|| HALF_OPEN.get_ptr_mut(key)) {
         // SAFETY: as above.
         let existing = unsafe { &mut *existing };
         if same_connection(existing, reply) {
             // This connection's own reply entry (its client starts it
             // again, or lost its slot to another): renewed in place,
             // without an allocation.
-            *existing = *reply;
+            // SAFETY: two entries, one a map value, the other scratch.
+            unsafe { mem::copy::<u64, _>(existing, reply) };
             return Ok(true);
         }
         if !reusable(Table::HalfOpen, key, existing, reply, now) {
@@ -197,6 +205,18 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
     }
     let _ = HALF_OPEN.remove(key);
     Ok(HALF_OPEN.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok())
+}
+
+/// Whether a live half-open connection other than the one whose reply
+/// entry is `reply` holds the reply tuple `key`, so that [`claim`] would
+/// fail: a SNAT port tried in vain is most often one, and this costs one
+/// lookup where `claim` costs two.
+#[inline(always)]
+pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
+    // SAFETY: a map value pointer from the lookup helper.
+    HALF_OPEN
+        .get_ptr(key)
+        .is_some_and(|existing| !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now))
 }
 
 /// Whether the entry `existing` (keyed `key` in `table`) may give its key

@@ -13,12 +13,12 @@ use forwarder_common::{
     conntrack::FLAG_REPLY,
     counters::Reason,
     maps::{Backend, FlowEntry, FlowKey, ServiceEntry, wire_port},
-    snat::{SNAT_PORT_TRIES, snat_pool_index, snat_port},
+    snat::{SNAT_FREE_TRIES, SNAT_PORT_TRIES, snat_pool_index, snat_port},
 };
 
 use crate::{
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET, SNAT_POOL},
-    nat::claim,
+    nat::{claim, half_open_holds},
     stats,
 };
 
@@ -55,10 +55,12 @@ struct Search {
 /// is the backend's SNAT address, or one of the pool's (see
 /// `forwarder_common::snat::snat_pool_index`).
 ///
-/// Every pair tried may be held: then the first one a half-open
-/// connection holds is taken over (that connection's client finds its slot
-/// orphaned and starts afresh), so that a flood of unanswered connections
-/// cannot keep new ones out. Ports of established connections never are.
+/// The first `SNAT_FREE_TRIES` pairs are tried for a free one. If all are
+/// held, the first pair of all `SNAT_PORT_TRIES` that is free or held by a
+/// half-open connection is taken, the latter taken over (its client's next
+/// packet takes it back or starts afresh), so that a flood of unanswered
+/// connections can neither keep new ones out nor make each of them try
+/// every pair. Ports of established connections never are taken over.
 #[inline(always)]
 pub fn search(
     original: &FlowKey,
@@ -84,10 +86,10 @@ pub fn search(
         _pad: 0,
         claimed_addr: 0,
     };
-    run(&mut search);
+    run(&mut search, SNAT_FREE_TRIES);
     if search.port == 0 && !search.full {
         search.displace = true;
-        run(&mut search);
+        run(&mut search, SNAT_PORT_TRIES);
     }
     if search.full {
         return Err(Reason::DropFlowTableFull);
@@ -98,12 +100,13 @@ pub fn search(
     Ok((search.claimed_addr, search.port))
 }
 
+/// Tries the first `tries` pairs, until one is claimed.
 #[inline(always)]
-fn run(search: &mut Search) {
+fn run(search: &mut Search, tries: u32) {
     let callback = try_port as *mut c_void;
     // SAFETY: a helper taking the callback, its context (on this stack,
     // alive throughout) and no flags.
-    unsafe { bpf_loop(SNAT_PORT_TRIES, callback, (search as *mut Search).cast(), 0) };
+    unsafe { bpf_loop(tries, callback, (search as *mut Search).cast(), 0) };
 }
 
 /// One port: the `bpf_loop` callback. 1 stops the loop.
@@ -133,13 +136,10 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
         FLAG_REPLY,
         search.now,
     );
-    let claimed = if search.displace {
-        let taken =
-            FLOWS.get_ptr(&key).is_none() && HALF_OPEN.insert(&key, &*reply, u64::from(BPF_ANY)).is_ok();
-        if taken {
-            stats::reason(Reason::HalfOpenDisplaced);
-        }
-        taken
+    // The displacement pass knows the first pairs held (the free pass
+    // tried them); the rest it tries for free first.
+    let free = if search.displace && attempt < SNAT_FREE_TRIES || half_open_holds(&key, reply, search.now) {
+        false
     } else {
         match claim(&key, reply, search.now) {
             Ok(claimed) => claimed,
@@ -149,12 +149,28 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
             }
         }
     };
+    let claimed = free || search.displace && displace(&key, reply);
     if claimed {
         search.port = port;
         search.claimed_addr = addr;
         return 1;
     }
     0
+}
+
+/// Takes the pair of the reply tuple `key` over for the new connection
+/// whose reply entry is `reply`, unless an established connection holds it.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+fn displace(key: &FlowKey, reply: &FlowEntry) -> bool {
+    let taken = FLOWS.get_ptr(key).is_none() && HALF_OPEN.insert(key, reply, u64::from(BPF_ANY)).is_ok();
+    if taken {
+        stats::reason(Reason::HalfOpenDisplaced);
+    }
+    taken
 }
 
 /// The pool address attempt `attempt` of a flow with `hash` tries; none
