@@ -273,9 +273,12 @@ fn new_flow(
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;
     nat::create(pkt, &service, &backend, hash, now, stale, entry)?;
-    if let Some((hop, len)) = fwd::first_hop(pkt, entry, ingress, wire_len, now) {
-        entry.hop = hop;
-        entry.hop_len = len;
+    if let Some(kept) = fwd::first_hop(pkt, entry, ingress, wire_len, now) {
+        entry.hop = kept.hop;
+        entry.hop_len = kept.len;
+        // Refreshed (and its route looked up) within a second of the
+        // lookup it reuses; its timeouts shift by less than that.
+        entry.last_seen_ns = kept.checked_ns;
     }
     nat::remember_origin(pkt, entry, hash)?;
     stats::new_flow(entry);

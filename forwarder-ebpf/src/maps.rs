@@ -84,7 +84,7 @@ pub static SERVICE_TRAFFIC: PerCpuArray<Traffic, MAX_SERVICES> = PerCpuArray::ne
 pub static BACKEND_TRAFFIC: PerCpuArray<Traffic, MAX_BACKENDS> = PerCpuArray::new();
 
 /// Backend id -> the next hop this CPU's last new connection to it found
-/// (see `fwd::route_new`).
+/// (see `fwd::first_hop`).
 #[btf_map]
 pub static FIRST_HOPS: PerCpuArray<FirstHop, MAX_BACKENDS> = PerCpuArray::new();
 

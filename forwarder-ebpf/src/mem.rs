@@ -9,7 +9,7 @@
 //! Volatile, so that the compiler cannot fuse the words back into a call.
 
 use core::{
-    mem::{align_of, size_of},
+    mem::{MaybeUninit, align_of, size_of},
     ptr::{read_volatile, write_volatile},
 };
 
@@ -20,7 +20,8 @@ use core::{
 #[inline(always)]
 pub unsafe fn copy<W: Copy, T: Copy>(dst: *mut T, src: *const T) {
     const { assert!(size_of::<T>() % size_of::<W>() == 0 && align_of::<T>() >= align_of::<W>()) };
-    let (dst, src) = (dst.cast::<W>(), src.cast::<W>());
+    // As possibly uninitialised words: a `T` may have padding.
+    let (dst, src) = (dst.cast::<MaybeUninit<W>>(), src.cast::<MaybeUninit<W>>());
     let mut i = 0;
     while i < size_of::<T>() / size_of::<W>() {
         // SAFETY: word `i` of a `T` the caller vouched for.

@@ -210,7 +210,8 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
 /// Whether a live half-open connection other than the one whose reply
 /// entry is `reply` holds the reply tuple `key`, so that [`claim`] would
 /// fail: a SNAT port tried in vain is most often one, and this costs one
-/// lookup where `claim` costs two.
+/// lookup where `claim` costs two (a free port pays it on top of
+/// `claim`'s, in a bucket then cached).
 #[inline(always)]
 pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
     // SAFETY: a map value pointer from the lookup helper.

@@ -138,7 +138,7 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
     );
     // The displacement pass knows the first pairs held (the free pass
     // tried them); the rest it tries for free first.
-    let free = if search.displace && attempt < SNAT_FREE_TRIES || half_open_holds(&key, reply, search.now) {
+    let free = if (search.displace && attempt < SNAT_FREE_TRIES) || half_open_holds(&key, reply, search.now) {
         false
     } else {
         match claim(&key, reply, search.now) {
