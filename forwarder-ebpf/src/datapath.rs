@@ -276,9 +276,6 @@ fn new_flow(
     if let Some(kept) = fwd::first_hop(pkt, entry, ingress, wire_len, now) {
         entry.hop = kept.hop;
         entry.hop_len = kept.len;
-        // Refreshed (and its route looked up) within a second of the
-        // lookup it reuses; its timeouts shift by less than that.
-        entry.last_seen_ns = kept.checked_ns;
     }
     nat::remember_origin(pkt, entry, hash)?;
     stats::new_flow(entry);
