@@ -14,7 +14,6 @@ use forwarder_common::{
 use crate::{
     conntrack::{self, Table},
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
-    mem,
     parse::Packet,
     ports, stats,
 };
@@ -193,11 +192,11 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
         let existing = unsafe { &mut *existing };
         if same_connection(existing, reply) {
             // This connection's own reply entry (its client starts it
-            // again, or lost its slot to another): renewed in place,
-            // without an allocation.
-            // SAFETY: two entries, one a map value, the other scratch.
-            unsafe { mem::copy::<u64, _>(existing, reply) };
-            return Ok(true);
+            // again, or lost its slot to another): replaced whole, as an
+            // update does. Not copied over in place: the sweeper, which
+            // takes an expired entry out and puts back what it took if
+            // that is not what it read, could take a half-written one.
+            return Ok(HALF_OPEN.insert(key, reply, u64::from(BPF_ANY)).is_ok());
         }
         if !reusable(Table::HalfOpen, key, existing, reply, now) {
             return Ok(false);
