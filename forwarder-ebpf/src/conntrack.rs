@@ -21,7 +21,7 @@ use forwarder_common::{
 };
 
 use crate::{
-    maps::{FLOWS, FlowTable, HALF_OPEN, ORIGINS, ORIGINS_MASK, SCRATCH, SCRATCH_BUILD, SECRET},
+    maps::{FLOWS, HALF_OPEN, ORIGINS, ORIGINS_MASK, SCRATCH, SCRATCH_BUILD, SECRET},
     stats,
 };
 
@@ -33,11 +33,22 @@ pub enum Table {
 }
 
 impl Table {
+    /// The entry keyed `key` in this table (the two tables' maps differ in
+    /// type: see `maps::HalfOpenTable`).
     #[inline(always)]
-    pub fn map(self) -> &'static FlowTable {
+    pub fn get_ptr(self, key: &FlowKey) -> Option<*const FlowEntry> {
         match self {
-            Table::Established => &FLOWS,
-            Table::HalfOpen => &HALF_OPEN,
+            Table::Established => FLOWS.get_ptr(key),
+            Table::HalfOpen => HALF_OPEN.get_ptr(key),
+        }
+    }
+
+    /// [`Table::get_ptr`], writable.
+    #[inline(always)]
+    pub fn get_ptr_mut(self, key: &FlowKey) -> Option<*mut FlowEntry> {
+        match self {
+            Table::Established => FLOWS.get_ptr_mut(key),
+            Table::HalfOpen => HALF_OPEN.get_ptr_mut(key),
         }
     }
 }
@@ -252,7 +263,7 @@ pub fn peer(table: Table, key: &FlowKey, entry: &FlowEntry) -> Option<Peer> {
         });
     }
     // SAFETY: as above.
-    let other = unsafe { &*table.map().get_ptr(&peer_key)? };
+    let other = unsafe { &*table.get_ptr(&peer_key)? };
     other.pairs_with(key).then_some(Peer {
         seen: other.seen,
         last_seen_ns: other.last_seen_ns,
@@ -411,7 +422,7 @@ pub fn record(
 ) {
     match kind {
         Kind::Entry => {
-            let Some(entry) = table.map().get_ptr_mut(key) else { return };
+            let Some(entry) = table.get_ptr_mut(key) else { return };
             if let Some((hop, len)) = hop {
                 // SAFETY: a map value pointer from the lookup helper, used at once.
                 let entry = unsafe { &mut *entry };

@@ -63,7 +63,8 @@ pub struct RunArgs {
     /// Capacity of the half-open table: connections not answered yet (TCP
     /// until the node sends a segment after the client's ACK, UDP until
     /// the node replies) wait there, apart from established ones, so a
-    /// flood of spoofed SYNs evicts only its like.
+    /// flood of spoofed SYNs evicts only its like. Each possible CPU gets
+    /// an equal share, in which it opens and evicts its connections.
     #[arg(long, default_value_t = DEFAULT_MAX_HALF_OPEN_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     max_half_open: u32,
     /// Do not add managed neighbour entries for backends and gateways; the

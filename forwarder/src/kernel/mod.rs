@@ -252,6 +252,7 @@ impl Kernel {
             };
             result.map_err(|source| KernelError::Program { name, source })?;
         }
+        warn_of_idle_half_open_shares(max_half_open_entries);
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => spawn_log_reader(logger),
             Err(err) => warn!("datapath log records unavailable: {err}"),
@@ -377,4 +378,19 @@ fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+/// The half-open table is shared out evenly among all possible CPUs (see
+/// `forwarder_ebpf::maps::HalfOpenTable`): where some cannot be online (a
+/// VM sized for CPUs it may be given later), their shares go unused.
+fn warn_of_idle_half_open_shares(entries: u32) {
+    let (Ok(possible), Ok(online)) = (aya::util::nr_cpus(), aya::util::online_cpus()) else { return };
+    let online = online.len();
+    if possible > online {
+        let usable = u64::from(entries) * online as u64 / possible as u64;
+        warn!(
+            "the half-open table is shared among {possible} possible CPUs, {online} online: \
+             {usable} of its {entries} entries are usable (raise --max-half-open to make up)"
+        );
+    }
 }

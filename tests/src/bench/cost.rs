@@ -141,13 +141,15 @@ impl Timer {
         let ns = fixture::network(&nodes(backends))?;
         let (kernel, ingress) = ns.enter(|| -> anyhow::Result<(Kernel, u32)> {
             // Room for every flow of a run without evicting (new flows: the
-            // table is flushed between runs, so SNAT ports never run out).
+            // table is flushed between runs, so SNAT ports never run out),
+            // in the half-open table in the share of the CPU it runs on.
             let connections = if flows == 0 { repeat } else { flows };
+            let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)? as u32;
             let capacity = Capacity {
                 max_services: services.max(16).next_power_of_two(),
                 max_backends: (services * backends).max(16).next_power_of_two(),
                 max_flow_entries: (2 * connections + 1024).next_power_of_two(),
-                max_half_open_entries: (connections + 1024).next_power_of_two(),
+                max_half_open_entries: ((connections + 1024) * cpus).next_power_of_two(),
                 ..Capacity::default()
             };
             let mut kernel = Kernel::load_object(BENCH_FORWARD, capacity, aya_log::Level::Warn, None)?;
