@@ -63,8 +63,8 @@ pub static HALF_OPEN: HalfOpenTable = LruHashMap::new();
 /// The half-open table's LRU lists are per CPU (`BPF_F_NO_COMMON_LRU`): each
 /// CPU allocates from, and evicts within, its own share of the entries.
 /// The kernel's common LRU moves every entry between a CPU's list and the
-/// global one under a lock several times in its life, which measured about
-/// 80 ns of a new connection's cost; and a flood arriving on one CPU then
+/// global one under a lock several times in its life, which measured 80-100
+/// ns of a new connection's cost; and a flood arriving on one CPU then
 /// evicts only that CPU's half-open connections. Lookups and deletions
 /// still see the whole table. Not for the established table, whose
 /// connections must not be evicted while another CPU's share has room.

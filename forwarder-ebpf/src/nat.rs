@@ -193,9 +193,14 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
         if same_connection(existing, reply) {
             // This connection's own reply entry (its client starts it
             // again, or lost its slot to another): replaced whole, as an
-            // update does. Not copied over in place: the sweeper, which
-            // takes an expired entry out and puts back what it took if
-            // that is not what it read, could take a half-written one.
+            // update does (allocating: in a full share it evicts another
+            // half-open connection, as a new one would). Not copied over
+            // in place: the sweeper, which takes an expired entry out and
+            // puts back what it took if that is not what it read, could
+            // take a half-written one.
+            // (Its failure, which only a share with no entry to evict
+            // returns, counts as a taken key: telling it apart costs the
+            // TC program 45k verified instructions.)
             return Ok(HALF_OPEN.insert(key, reply, u64::from(BPF_ANY)).is_ok());
         }
         if !reusable(Table::HalfOpen, key, existing, reply, now) {

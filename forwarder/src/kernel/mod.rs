@@ -380,6 +380,24 @@ fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     });
 }
 
+/// `BPF_F_NO_COMMON_LRU` (linux/bpf.h): the half-open table's LRU lists
+/// are per CPU (see `forwarder_ebpf::maps::HalfOpenTable`).
+pub(crate) const NO_COMMON_LRU: u32 = 1 << 1;
+
+/// The capacity the kernel gives a half-open table asked for `requested`
+/// entries: a multiple of the possible CPUs, so that each has an equal
+/// share (up, or down where up would overflow).
+pub(crate) fn half_open_entries(requested: u32) -> u32 {
+    let Ok(cpus) = aya::util::nr_cpus() else { return requested };
+    shared_out(requested, cpus as u32)
+}
+
+/// `entries` rounded to a multiple of `cpus` as the kernel does for a map
+/// with per-CPU LRU lists.
+fn shared_out(entries: u32, cpus: u32) -> u32 {
+    entries.div_ceil(cpus).checked_mul(cpus).unwrap_or(entries / cpus * cpus)
+}
+
 /// The half-open table is shared out evenly among all possible CPUs (see
 /// `forwarder_ebpf::maps::HalfOpenTable`): where some cannot be online (a
 /// VM sized for CPUs it may be given later), their shares go unused.
@@ -392,5 +410,18 @@ fn warn_of_idle_half_open_shares(entries: u32) {
             "the half-open table is shared among {possible} possible CPUs, {online} online: \
              {usable} of its {entries} entries are usable (raise --max-half-open to make up)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_out;
+
+    #[test]
+    fn per_cpu_lru_capacity_is_rounded_up_to_whole_shares_or_down_at_the_top() {
+        assert_eq!(shared_out(65_536, 2), 65_536);
+        assert_eq!(shared_out(65_536, 6), 65_538);
+        assert_eq!(shared_out(1, 4), 4);
+        assert_eq!(shared_out(u32::MAX, 2), u32::MAX - 1);
     }
 }

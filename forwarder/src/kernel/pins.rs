@@ -117,7 +117,7 @@ impl Pins {
                 names::HALF_OPEN,
                 size_of::<FlowKey>(),
                 size_of::<FlowEntry>(),
-                Some(capacity.max_half_open_entries),
+                Some(super::half_open_entries(capacity.max_half_open_entries)),
             ),
             (names::ORIGINS, 4, size_of::<Origin>(), Some(origin_slots(capacity.max_half_open_entries))),
             (names::SNAT_POOL, 4, size_of::<SnatPool>(), None),
@@ -142,6 +142,12 @@ impl Pins {
                 && info.max_entries() != wanted
             {
                 warn!(map = name, pinned = info.max_entries(), wanted, "keeping the pinned map's capacity");
+            }
+            if name == names::HALF_OPEN && info.map_flags() & super::NO_COMMON_LRU == 0 {
+                warn!(
+                    "the pinned half-open table keeps the shared LRU list of the release that made it \
+                     (new connections cost more) until `forwarder down` removes it"
+                );
             }
         }
         Ok(true)

@@ -152,13 +152,15 @@ fn install(rig: &Rig, case: Case, dir: &Path) -> anyhow::Result<Installed> {
             // New-flow cases: a (half-open) table of 32,768 connections,
             // below the SNAT port space of two backends (2 x 31,744), so the
             // table is full and every new flow evicts the least recently
-            // used one.
+            // used one. Its LRU lists are per CPU and the generator's CPU
+            // carries every frame, so that CPU's share is that size.
             let max_flow_entries = if case.flows() == 0 { 1 << 16 } else { 1 << 21 };
+            let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)? as u32;
             fwd.enter(|| {
                 let capacity = Capacity {
                     max_flow_entries,
                     // One entry per half-open connection.
-                    max_half_open_entries: max_flow_entries / 2,
+                    max_half_open_entries: max_flow_entries / 2 * cpus,
                     ..Capacity::default()
                 };
                 let mut kernel = Kernel::load(capacity, aya_log::Level::Warn, None)?;
