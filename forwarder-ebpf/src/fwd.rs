@@ -94,7 +94,8 @@ pub struct FirstHop {
 /// The connection looks its own route up at its first refresh, a second
 /// later, so a route change reaches it within about two seconds. (Dating
 /// its entry from the reused lookup instead made the sweeper fixture lose
-/// connections; not investigated further.)
+/// connections, likely through the torn in-place renewal of a reply entry
+/// that `nat::claim` no longer does; not tried again since.)
 /// Left out of the match: protocol and ports, which only policy rules on
 /// ports and layer-4 multipath hashing read; with those, a connection's
 /// first second may take another path of its route than the rest.
