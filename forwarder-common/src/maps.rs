@@ -34,11 +34,12 @@ pub mod names {
     pub const SNAT_POOL: &str = "SNAT_POOL";
     /// Per CPU, not pinned: a cache a new daemon starts empty.
     pub const FIRST_HOPS: &str = "FIRST_HOPS";
+    pub const REPLY_PORTS: &str = "REPLY_PORTS";
 
     /// The maps pinned in bpffs so a restarted daemon adopts them. A map
     /// added later (SOURCES, SECRET, HALF_OPEN) is created and pinned by the first
     /// daemon that knows it, so adding one needs no layout version.
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         SERVICES,
         BACKENDS,
         MAGLEV,
@@ -53,6 +54,7 @@ pub mod names {
         SECRET,
         ORIGINS,
         SNAT_POOL,
+        REPLY_PORTS,
     ];
 }
 
@@ -102,6 +104,19 @@ pub const DEFAULT_MAX_FLOW_ENTRIES: u32 = 1 << 19;
 /// connection: its reply entry; see `origin`): where connections wait for
 /// their answer, apart from the established ones a SYN flood must not evict.
 pub const DEFAULT_MAX_HALF_OPEN_ENTRIES: u32 = 1 << 16;
+
+/// `REPLY_PORTS` words: one bit for each of the 65,536 ports.
+pub const REPLY_PORT_WORDS: u32 = 1 << 10;
+
+/// The `REPLY_PORTS` word and bit of `port` (wire order, as keys hold it).
+/// A bit is set for every port a backend has ever had, before the backend
+/// is published: every half-open reply entry's key has one as its source
+/// port, so a packet from a port whose bit is clear has none (most
+/// packets, from clients' ephemeral ports) and skips that lookup.
+#[must_use]
+pub const fn reply_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
 
 /// `ORIGINS` slots for a half-open table of `half_open_entries`: twice as
 /// many, a power of two, so that few live connections share a slot.
@@ -493,6 +508,18 @@ mod tests {
     fn banks_alternate() {
         assert_eq!((other_bank(0), other_bank(1)), (1, 0));
         assert_eq!(backend_entries(3), 6);
+    }
+
+    #[test]
+    fn every_port_has_a_bit_of_its_own_in_the_reply_port_words() {
+        let mut words = [0u64; REPLY_PORT_WORDS as usize];
+        for port in 0..=u16::MAX {
+            let (word, bit) = reply_port_bit(port);
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(words[word as usize] & bit, 0, "port {port} shares a bit");
+            words[word as usize] |= bit;
+        }
+        assert!(words.iter().all(|w| *w == u64::MAX));
     }
 
     #[test]

@@ -16,12 +16,12 @@ use forwarder_common::{
     },
     counters::Reason,
     hash::flow_hash,
-    maps::{FlowEntry, FlowKey, NextHop},
+    maps::{FlowEntry, FlowKey, NextHop, reply_port_bit},
     origin::{Origin, origin_slot},
 };
 
 use crate::{
-    maps::{FLOWS, HALF_OPEN, ORIGINS, ORIGINS_MASK, SCRATCH, SCRATCH_BUILD, SECRET},
+    maps::{FLOWS, HALF_OPEN, ORIGINS, ORIGINS_MASK, REPLY_PORTS, SCRATCH, SCRATCH_BUILD, SECRET},
     stats,
 };
 
@@ -94,7 +94,8 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Lookup {
     {
         return Lookup::Usable { table: Table::Established, ptr };
     }
-    if let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
+    if may_be_reply(key)
+        && let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
         // SAFETY: as above.
         && usable(Table::HalfOpen, key, unsafe { &*ptr }, packet_seen, now)
     {
@@ -107,6 +108,15 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Lookup {
         return Lookup::Origin { slot, reply };
     }
     Lookup::New { stale: established.is_some() }
+}
+
+/// Whether the half-open table may hold `key`: its source port is one a
+/// backend has had. A client's packet most often comes from another, and
+/// is spared a lookup that misses (measured 40-57 ns of a new flow).
+#[inline(always)]
+fn may_be_reply(key: &FlowKey) -> bool {
+    let (word, bit) = reply_port_bit(key.sport);
+    REPLY_PORTS.get(word).is_none_or(|ports| ports & bit != 0)
 }
 
 /// [`usable`] for a half-open connection's client direction, from its

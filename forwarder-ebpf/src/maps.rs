@@ -12,8 +12,8 @@ use forwarder_common::{
     maps::{
         BPF_F_NO_PREALLOC, Backend, BackendKey, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOW_ENTRIES,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLES, FlowEntry, FlowKey, FragmentEntry, FragmentKey,
-        MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_PREFIXES, ServiceEntry,
-        ServiceKey, Settings, backend_entries, origin_slots,
+        MAGLEV_INNER_FLAGS, MAGLEV_TEMPLATE_LEN, MAX_FRAGMENTED_DATAGRAMS, MAX_SOURCE_PREFIXES,
+        REPLY_PORT_WORDS, ServiceEntry, ServiceKey, Settings, backend_entries, origin_slots,
     },
     origin::Origin,
     snat::SnatPool,
@@ -70,6 +70,11 @@ pub static HALF_OPEN: HalfOpenTable = LruHashMap::new();
 /// connections must not be evicted while another CPU's share has room.
 pub type HalfOpenTable =
     LruHashMap<FlowKey, FlowEntry, MAX_FLOWS, { aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize }>;
+
+/// Ports that half-open reply entries may come from: a bit for every port
+/// a backend has had (see `forwarder_common::maps::reply_port_bit`).
+#[btf_map]
+pub static REPLY_PORTS: Array<u64, { REPLY_PORT_WORDS as usize }> = Array::new();
 
 const MAX_ORIGINS: usize = origin_slots(forwarder_common::maps::DEFAULT_MAX_HALF_OPEN_ENTRIES) as usize;
 

@@ -1,5 +1,11 @@
 //! Restarts, hand-overs and `forwarder down`: what survives and what is left.
 
+use forwarder_common::{
+    conntrack::FLAG_REPLY,
+    maps::{FlowEntry, FlowKey, PROTO_TCP, wire_port},
+};
+use forwarder_tests::lab::HTTP_NODEPORT;
+
 use super::*;
 
 /// The program the daemon's pinned link on an interface runs.
@@ -18,11 +24,30 @@ fn pinned_secret(lab: &Lab) -> u64 {
     secret.get(&0, 0).expect("its entry")
 }
 
+fn pinned_map(lab: &Lab, name: &str) -> std::path::PathBuf {
+    lab.pin_dir().join(format!("v{}/maps/{name}", forwarder_common::maps::LAYOUT_VERSION))
+}
+
+/// The pinned half-open table.
+fn pinned_half_open(lab: &Lab) -> aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowEntry> {
+    let map = aya::maps::MapData::from_pin(pinned_map(lab, "HALF_OPEN")).expect("pinned HALF_OPEN map");
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("an LRU hash")
+}
+
+/// Whether the lab's pinned `REPLY_PORTS` map has the bit of `port`.
+fn reply_port_pinned(lab: &Lab, port: u16) -> bool {
+    let map = aya::maps::MapData::from_pin(pinned_map(lab, "REPLY_PORTS")).expect("pinned REPLY_PORTS map");
+    let ports = aya::maps::Array::<_, u64>::try_from(aya::maps::Map::Array(map)).expect("an array");
+    let (word, bit) = forwarder_common::maps::reply_port_bit(wire_port(port));
+    ports.get(&word, 0).expect("its word") & bit != 0
+}
+
 /// Open connections keep exchanging data across a SIGKILL of the daemon
 /// and a restart, and across a hand-over (SIGUSR2) and a restart; each
 /// restart swaps a new program in (an upgrade) without a gap: a client
 /// requesting all along sees no failure. The random SNAT port secret is
-/// the pinned one throughout.
+/// the pinned one throughout. The first restart finds no `REPLY_PORTS`
+/// pin, as after a release without that map, and fills the new one.
 #[test]
 fn connections_survive_kill_and_handover_restarts() {
     let lab = lab_with_servers(2);
@@ -45,8 +70,24 @@ fn connections_survive_kill_and_handover_restarts() {
         let fresh: Vec<_> = lab.client.enter(|| (0..10).map(|_| http_get(WEB)).collect());
         assert!(fresh.iter().all(Result::is_ok), "new connections work with no daemon: {fresh:?}");
 
+        // As a release without `REPLY_PORTS` would leave it: no such pin,
+        // and a half-open connection to a port no backend has any more.
+        let gone = FlowKey::new(0x0b00_000a, 0x0c00_000a, wire_port(31999), wire_port(40000), PROTO_TCP);
+        if signal == libc::SIGKILL {
+            assert!(reply_port_pinned(&lab, HTTP_NODEPORT), "the backends' port is marked");
+            assert!(!reply_port_pinned(&lab, 31999), "a port no backend had is not");
+            std::fs::remove_file(pinned_map(&lab, "REPLY_PORTS")).unwrap();
+            let now = forwarder::conntrack::now_ns();
+            let reply = FlowEntry::rewriting(&gone, &gone.reversed(), 0, 0, FLAG_REPLY, now);
+            pinned_half_open(&lab).insert(gone, reply, 0).unwrap();
+        }
         forwarder = lab.start_forwarder(&path, &[]).unwrap();
         assert!(forwarder.output().contains("adopted=true"), "{}", forwarder.output());
+        assert!(reply_port_pinned(&lab, HTTP_NODEPORT), "the adopted backends' port is marked");
+        if signal == libc::SIGKILL {
+            assert!(reply_port_pinned(&lab, 31999), "and that of the adopted half-open connection");
+            pinned_half_open(&lab).remove(&gone).unwrap();
+        }
         let upgraded = prog_id(&lab, LAN_IFACE).expect("still attached");
         assert_ne!(upgraded, program, "the new daemon's program runs");
         assert_eq!(pinned_secret(&lab), secret, "the adopted secret is kept");

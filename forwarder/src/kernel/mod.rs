@@ -22,8 +22,8 @@ use aya::{
 use forwarder_common::{
     counters::Traffic,
     maps::{
-        Backend, BackendKey, FlowEntry, FlowKey, ORIGINS_MASK_GLOBAL, ServiceEntry, ServiceKey, Settings,
-        backend_entries, names, origin_slots, programs,
+        Backend, BackendKey, FlowEntry, FlowKey, ORIGINS_MASK_GLOBAL, REPLY_PORT_WORDS, ServiceEntry,
+        ServiceKey, Settings, backend_entries, names, origin_slots, programs, reply_port_bit,
     },
     origin::Origin,
     snat::SnatPool,
@@ -154,6 +154,9 @@ pub struct Maps {
     pub origins: Array<MapData, Origin>,
     /// The SNAT address pool (see `forwarder_common::snat::SnatPool`).
     pub snat_pool: Array<MapData, SnatPool>,
+    /// Ports half-open reply entries may come from (see
+    /// `forwarder_common::maps::reply_port_bit`).
+    pub reply_ports: Array<MapData, u64>,
 }
 
 /// The loaded datapath. Dropping it detaches every program whose link is
@@ -213,15 +216,16 @@ impl Kernel {
             capacity;
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
-        let (adopted, pinned_origins) = match &pins {
+        let (adopted, pinned_origins, new_reply_ports) = match &pins {
             Some(pins) => {
                 let adopted = pins.check_adoptable(capacity)?;
+                let new_reply_ports = adopted && !pins.map(names::REPLY_PORTS).exists();
                 for name in names::PINNED {
                     loader.map_pin_path(name, pins.map(name));
                 }
-                (adopted, pins.origin_slots()?)
+                (adopted, pins.origin_slots()?, new_reply_ports)
             }
-            None => (false, None),
+            None => (false, None, false),
         };
         let origin_slots = pinned_origins.unwrap_or(origin_slots(max_half_open_entries));
         let mut ebpf = loader
@@ -272,9 +276,13 @@ impl Kernel {
             secret: take(&mut ebpf, names::SECRET)?,
             origins: take(&mut ebpf, names::ORIGINS)?,
             snat_pool: take(&mut ebpf, names::SNAT_POOL)?,
+            reply_ports: take(&mut ebpf, names::REPLY_PORTS)?,
         };
         let mut kernel = Self { ebpf, object, maps, pins, adopted, links: Vec::new() };
         kernel.keep_or_make_secret()?;
+        if new_reply_ports {
+            kernel.mark_adopted_reply_ports()?;
+        }
         Ok(kernel)
     }
 
@@ -298,6 +306,32 @@ impl Kernel {
             }
         }
         self.maps.secret.set(0, secret, 0).map_err(map_error)
+    }
+
+    /// Fills a `REPLY_PORTS` map created beside adopted maps (pinned by a
+    /// release without it), before any program of this load is attached:
+    /// the ports of the half-open entries there, and of the backends the
+    /// running datapath may still create entries for.
+    fn mark_adopted_reply_ports(&mut self) -> Result<(), KernelError> {
+        let map_error = |name| move |source| KernelError::Map { name, source };
+        let mut ports = Vec::new();
+        for key in self.maps.half_open.keys() {
+            ports.push(key.map_err(map_error(names::HALF_OPEN))?.sport);
+        }
+        for backend in self.maps.backends.iter() {
+            ports.push(backend.map_err(map_error(names::BACKENDS))?.1.port);
+        }
+        let mut words = vec![0u64; REPLY_PORT_WORDS as usize];
+        for port in ports {
+            let (word, bit) = reply_port_bit(port);
+            words[word as usize] |= bit;
+        }
+        for (word, bits) in (0..).zip(words) {
+            if bits != 0 {
+                self.maps.reply_ports.set(word, bits, 0).map_err(map_error(names::REPLY_PORTS))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether packets the datapath does not translate may be routed on by

@@ -7,8 +7,8 @@ use aya::maps::MapData;
 use forwarder_common::{
     counters::Traffic,
     maps::{
-        Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, ServiceEntry, ServiceKey, Settings,
-        backend_entries, names, origin_slots,
+        Backend, BackendKey, FlowEntry, FlowKey, LAYOUT_VERSION, REPLY_PORT_WORDS, ServiceEntry, ServiceKey,
+        Settings, backend_entries, names, origin_slots,
     },
     origin::Origin,
     snat::SnatPool,
@@ -121,6 +121,7 @@ impl Pins {
             ),
             (names::ORIGINS, 4, size_of::<Origin>(), Some(origin_slots(capacity.max_half_open_entries))),
             (names::SNAT_POOL, 4, size_of::<SnatPool>(), None),
+            (names::REPLY_PORTS, 4, 8, Some(REPLY_PORT_WORDS)),
         ];
         let later = later.into_iter().filter(|(name, ..)| self.map(name).exists());
         for (name, key_size, value_size, max_entries) in expected.into_iter().chain(later) {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use forwarder_common::{
     counters::Traffic,
-    maps::{Backend, BackendKey, ServiceKey, names, other_bank, wire_addr, wire_port},
+    maps::{Backend, BackendKey, ServiceKey, names, other_bank, reply_port_bit, wire_addr, wire_port},
     snat::SnatPool,
 };
 
@@ -271,8 +271,23 @@ fn write_backends(
             _pad: 0,
             id: backend.id,
         };
+        mark_reply_port(maps, value.port)?;
         faults.before_write(names::BACKENDS)?;
         maps.backends.insert(key, value, 0).map_err(map_err(names::BACKENDS))?;
+    }
+    Ok(())
+}
+
+/// Sets the `REPLY_PORTS` bit of a backend's port (wire order) before the
+/// backend is published: the datapath looks for half-open reply entries
+/// only from ports with their bit set. Bits are never cleared (a removed
+/// backend's connections may still be half-open), so one set by a commit
+/// that then fails costs nothing but that lookup.
+pub(crate) fn mark_reply_port(maps: &mut Maps, port: u16) -> Result<(), ApplyError> {
+    let (word, bit) = reply_port_bit(port);
+    let ports = maps.reply_ports.get(&word, 0).map_err(map_err(names::REPLY_PORTS))?;
+    if ports & bit == 0 {
+        maps.reply_ports.set(word, ports | bit, 0).map_err(map_err(names::REPLY_PORTS))?;
     }
     Ok(())
 }
