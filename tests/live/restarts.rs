@@ -2,7 +2,7 @@
 
 use forwarder_common::{
     conntrack::FLAG_REPLY,
-    maps::{FlowEntry, FlowKey, PROTO_TCP, wire_port},
+    maps::{Backend, BackendKey, FlowEntry, FlowKey, PROTO_TCP, wire_port},
 };
 use forwarder_tests::lab::HTTP_NODEPORT;
 
@@ -76,16 +76,28 @@ fn connections_survive_kill_and_handover_restarts() {
         if signal == libc::SIGKILL {
             assert!(reply_port_pinned(&lab, HTTP_NODEPORT), "the backends' port is marked");
             assert!(!reply_port_pinned(&lab, 31999), "a port no backend had is not");
+            assert!(!reply_port_pinned(&lab, 31998), "nor this one");
             std::fs::remove_file(pinned_map(&lab, "REPLY_PORTS")).unwrap();
             let now = forwarder::conntrack::now_ns();
             let reply = FlowEntry::rewriting(&gone, &gone.reversed(), 0, 0, FLAG_REPLY, now);
             pinned_half_open(&lab).insert(gone, reply, 0).unwrap();
+            // And a backend no service names (the new daemon prunes it).
+            let map =
+                aya::maps::MapData::from_pin(pinned_map(&lab, "BACKENDS")).expect("pinned BACKENDS map");
+            let mut backends =
+                aya::maps::HashMap::<_, BackendKey, Backend>::try_from(aya::maps::Map::HashMap(map))
+                    .expect("a hash");
+            let key = BackendKey { service_id: 4000, bank: 0, _pad: 0, index: 0 };
+            let orphan =
+                Backend { addr: 0x0b00_000a, snat_addr: 0, port: wire_port(31998), _pad: 0, id: 4000 };
+            backends.insert(key, orphan, 0).unwrap();
         }
         forwarder = lab.start_forwarder(&path, &[]).unwrap();
         assert!(forwarder.output().contains("adopted=true"), "{}", forwarder.output());
         assert!(reply_port_pinned(&lab, HTTP_NODEPORT), "the adopted backends' port is marked");
         if signal == libc::SIGKILL {
             assert!(reply_port_pinned(&lab, 31999), "and that of the adopted half-open connection");
+            assert!(reply_port_pinned(&lab, 31998), "and that of the adopted backend");
             pinned_half_open(&lab).remove(&gone).unwrap();
         }
         let upgraded = prog_id(&lab, LAN_IFACE).expect("still attached");

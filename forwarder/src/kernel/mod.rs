@@ -216,16 +216,15 @@ impl Kernel {
             capacity;
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
-        let (adopted, pinned_origins, new_reply_ports) = match &pins {
+        let (adopted, pinned_origins) = match &pins {
             Some(pins) => {
                 let adopted = pins.check_adoptable(capacity)?;
-                let new_reply_ports = adopted && !pins.map(names::REPLY_PORTS).exists();
                 for name in names::PINNED {
                     loader.map_pin_path(name, pins.map(name));
                 }
-                (adopted, pins.origin_slots()?, new_reply_ports)
+                (adopted, pins.origin_slots()?)
             }
-            None => (false, None, false),
+            None => (false, None),
         };
         let origin_slots = pinned_origins.unwrap_or(origin_slots(max_half_open_entries));
         let mut ebpf = loader
@@ -280,7 +279,7 @@ impl Kernel {
         };
         let mut kernel = Self { ebpf, object, maps, pins, adopted, links: Vec::new() };
         kernel.keep_or_make_secret()?;
-        if new_reply_ports {
+        if adopted {
             kernel.mark_adopted_reply_ports()?;
         }
         Ok(kernel)
@@ -308,10 +307,12 @@ impl Kernel {
         self.maps.secret.set(0, secret, 0).map_err(map_error)
     }
 
-    /// Fills a `REPLY_PORTS` map created beside adopted maps (pinned by a
-    /// release without it), before any program of this load is attached:
-    /// the ports of the half-open entries there, and of the backends the
-    /// running datapath may still create entries for.
+    /// Marks in `REPLY_PORTS`, before any program of this load is
+    /// attached, the ports of the adopted half-open entries and of the
+    /// backends the running datapath may still create entries for. The
+    /// pinned map may be new (a release without it made the others), or
+    /// miss ports (a release without it ran in between, or a start was
+    /// killed while filling it): bits are added to what is there.
     fn mark_adopted_reply_ports(&mut self) -> Result<(), KernelError> {
         let map_error = |name| move |source| KernelError::Map { name, source };
         let mut ports = Vec::new();
@@ -327,8 +328,9 @@ impl Kernel {
             words[word as usize] |= bit;
         }
         for (word, bits) in (0..).zip(words) {
-            if bits != 0 {
-                self.maps.reply_ports.set(word, bits, 0).map_err(map_error(names::REPLY_PORTS))?;
+            let marked = self.maps.reply_ports.get(&word, 0).map_err(map_error(names::REPLY_PORTS))?;
+            if bits & !marked != 0 {
+                self.maps.reply_ports.set(word, marked | bits, 0).map_err(map_error(names::REPLY_PORTS))?;
             }
         }
         Ok(())

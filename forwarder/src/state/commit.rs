@@ -271,7 +271,7 @@ fn write_backends(
             _pad: 0,
             id: backend.id,
         };
-        mark_reply_port(maps, value.port)?;
+        mark_reply_port(faults, maps, value.port)?;
         faults.before_write(names::BACKENDS)?;
         maps.backends.insert(key, value, 0).map_err(map_err(names::BACKENDS))?;
     }
@@ -283,10 +283,11 @@ fn write_backends(
 /// only from ports with their bit set. Bits are never cleared (a removed
 /// backend's connections may still be half-open), so one set by a commit
 /// that then fails costs nothing but that lookup.
-pub(crate) fn mark_reply_port(maps: &mut Maps, port: u16) -> Result<(), ApplyError> {
+fn mark_reply_port(faults: &mut Faults, maps: &mut Maps, port: u16) -> Result<(), ApplyError> {
     let (word, bit) = reply_port_bit(port);
     let ports = maps.reply_ports.get(&word, 0).map_err(map_err(names::REPLY_PORTS))?;
     if ports & bit == 0 {
+        faults.before_write(names::REPLY_PORTS)?;
         maps.reply_ports.set(word, ports | bit, 0).map_err(map_err(names::REPLY_PORTS))?;
     }
     Ok(())
