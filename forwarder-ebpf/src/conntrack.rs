@@ -297,10 +297,13 @@ pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool
 /// Whether the closed connection of `entry` (keyed `key`) may give its
 /// tuple to a new connection from the same client now: a FIN each way, no
 /// RST, and quiet for `TCP_CLOSED_TIMEOUT_NS`. A node that closed first
-/// still holds the tuple in TIME_WAIT, but it takes a SYN whose timestamp
-/// is newer than the last it saw (as the kernel allows), which a new
-/// connection from the same client host carries: Linux keeps one
-/// timestamp clock per address pair. Another client waits the TIME_WAIT
+/// still holds the tuple in TIME_WAIT, and takes a SYN on it only if its
+/// timestamp is newer than the last it saw. Linux draws a timestamp offset
+/// per connection, so a new connection's is newer only half the time; when
+/// it is not, the node answers with an ACK of the old connection, the
+/// client resets that and sends its SYN again about 8 ms later, which then
+/// goes through (measured; see `ports::search`, which takes such a tuple
+/// only when it finds no free one). Another client waits the TIME_WAIT
 /// out ([`expired`]).
 #[inline(always)]
 pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {

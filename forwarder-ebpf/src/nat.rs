@@ -64,7 +64,9 @@ pub fn create(
             FLAG_REPLY,
             now,
         );
-        if !claim(&to.reversed(), reply, now)? {
+        // The client's own tuple: what a node in TIME_WAIT on it accepts
+        // is between it and the client, as without NAT.
+        if !claim(&to.reversed(), reply, now, SameClientClosed::Reuse)? {
             return Err(Reason::DropReplyCollision);
         }
         (to, 0)
@@ -164,13 +166,26 @@ fn write_origin(slot: &mut Origin, key: &FlowKey, reply: &FlowKey, entry: &FlowE
     slot.check = Origin::check_of(&slot.key, &slot.reply, &slot.hop);
 }
 
+/// Whether [`claim`] may give a key held by a closed connection of the
+/// same client (see `conntrack::closed_for_its_client`) to a new one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SameClientClosed {
+    /// Yes: the key is the client's own tuple (preserve mode), or no SNAT
+    /// pair tried was free.
+    Reuse,
+    /// Not while a free SNAT pair may still be found: a node that closed
+    /// the connection first may refuse the new one's SYN on it.
+    Avoid,
+}
+
 /// Inserts a reply entry in the half-open table unless its key belongs to
-/// another live connection, in either table.
+/// another live connection, in either table (a closed one of the same
+/// client counting as live unless `closed` says otherwise).
 #[inline(always)]
-pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason> {
+pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64, closed: SameClientClosed) -> Result<bool, Reason> {
     if let Some(existing) = FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer from the lookup helper.
-        if !reusable(Table::Established, key, unsafe { &*existing }, reply, now) {
+        if !reusable(Table::Established, key, unsafe { &*existing }, reply, now, closed) {
             return Ok(false);
         }
         // Lookups look in the established table first.
@@ -203,7 +218,7 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
             // TC program 45k verified instructions.)
             return Ok(HALF_OPEN.insert(key, reply, u64::from(BPF_ANY)).is_ok());
         }
-        if !reusable(Table::HalfOpen, key, existing, reply, now) {
+        if !reusable(Table::HalfOpen, key, existing, reply, now, closed) {
             return Ok(false);
         }
     }
@@ -219,9 +234,9 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64) -> Result<bool, Reason>
 #[inline(always)]
 pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
     // SAFETY: a map value pointer from the lookup helper.
-    HALF_OPEN
-        .get_ptr(key)
-        .is_some_and(|existing| !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now))
+    HALF_OPEN.get_ptr(key).is_some_and(|existing| {
+        !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now, SameClientClosed::Avoid)
+    })
 }
 
 /// Whether the entry `existing` (keyed `key` in `table`) may give its key
@@ -229,8 +244,9 @@ pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
 ///
 /// A key already taken is free again when its connection expired, or when
 /// it translates to the same client and VIP (an earlier incarnation of
-/// this very connection), or when it was closed and the new connection
-/// comes from the same client (see `conntrack::closed_for_its_client`).
+/// this very connection), or, where `closed` allows, when it was closed
+/// and the new connection comes from the same client (see
+/// `conntrack::closed_for_its_client`).
 /// An orphan (its original entry evicted from the
 /// full table, or its key since another connection's) is judged alone: it
 /// is free once quiet for its own timeout, never while the node still
@@ -238,7 +254,14 @@ pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
 /// Deleting and re-inserting with `BPF_NOEXIST` keeps two CPUs from
 /// claiming the same key at once.
 #[inline(always)]
-fn reusable(table: Table, key: &FlowKey, existing: &FlowEntry, reply: &FlowEntry, now: u64) -> bool {
+fn reusable(
+    table: Table,
+    key: &FlowKey,
+    existing: &FlowEntry,
+    reply: &FlowEntry,
+    now: u64,
+    closed: SameClientClosed,
+) -> bool {
     if same_connection(existing, reply) {
         return true;
     }
@@ -249,7 +272,7 @@ fn reusable(table: Table, key: &FlowKey, existing: &FlowEntry, reply: &FlowEntry
         // out of this loop, which the verifier walks once per port tried.)
         return conntrack::expired_alone(existing, key.proto, now);
     }
-    let same_client = existing.new_dst == reply.new_dst;
+    let same_client = closed == SameClientClosed::Reuse && existing.new_dst == reply.new_dst;
     conntrack::expired(table, key, existing, now)
         || (same_client && conntrack::closed_for_its_client(table, key, existing, now))
 }

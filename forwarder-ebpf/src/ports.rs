@@ -18,7 +18,7 @@ use forwarder_common::{
 
 use crate::{
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET, SNAT_POOL},
-    nat::{claim, half_open_holds},
+    nat::{SameClientClosed, claim, half_open_holds},
     stats,
 };
 
@@ -56,11 +56,17 @@ struct Search {
 /// `forwarder_common::snat::snat_pool_index`).
 ///
 /// The first `SNAT_FREE_TRIES` pairs are tried for a free one. If all are
-/// held, the first pair of all `SNAT_PORT_TRIES` that is free or held by a
-/// half-open connection is taken, the latter taken over (its client's next
-/// packet takes it back or starts afresh), so that a flood of unanswered
+/// held, the first pair of all `SNAT_PORT_TRIES` that is free, held by a
+/// closed connection of the same client, or held by a half-open
+/// connection is taken, the last taken over (its client's next packet
+/// takes it back or starts afresh), so that a flood of unanswered
 /// connections can neither keep new ones out nor make each of them try
 /// every pair. Ports of established connections never are taken over.
+/// A closed connection's pair waits for the second pass: if the node
+/// closed first, it holds the tuple in TIME_WAIT and refuses a SYN whose
+/// timestamp is older than the last it saw, which half of new connections
+/// from the same client carry (Linux draws a timestamp offset per
+/// connection); the client then retries about 8 ms later.
 #[inline(always)]
 pub fn search(
     original: &FlowKey,
@@ -136,12 +142,13 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
         FLAG_REPLY,
         search.now,
     );
-    // The displacement pass knows the first pairs held (the free pass
-    // tried them); the rest it tries for free first.
-    let free = if (search.displace && attempt < SNAT_FREE_TRIES) || half_open_holds(&key, reply, search.now) {
+    // The displacement pass tries every pair for free again, closed
+    // connections of the same client now counting as free (see `search`).
+    let closed = if search.displace { SameClientClosed::Reuse } else { SameClientClosed::Avoid };
+    let free = if half_open_holds(&key, reply, search.now) {
         false
     } else {
-        match claim(&key, reply, search.now) {
+        match claim(&key, reply, search.now, closed) {
             Ok(claimed) => claimed,
             Err(_) => {
                 search.full = true;
