@@ -37,13 +37,12 @@ struct Search {
     hash: u32,
     backend_port: u16,
     proto: u8,
-    /// This pass takes a port a half-open connection holds.
-    displace: bool,
+    _pad0: u8,
     /// The port claimed (wire order), 0 while none: SNAT ports start at 1024.
     port: u16,
     /// The half-open table refused an insertion.
     full: bool,
-    _pad: u8,
+    _pad1: u8,
     /// The address claimed with `port` (last: fields are laid out so the
     /// compiler's merged loads stay aligned, as the verifier demands).
     claimed_addr: u32,
@@ -86,16 +85,15 @@ pub fn search(
         hash,
         backend_port: backend.port,
         proto: original.proto,
-        displace: false,
+        _pad0: 0,
         port: 0,
         full: false,
-        _pad: 0,
+        _pad1: 0,
         claimed_addr: 0,
     };
-    run(&mut search, SNAT_FREE_TRIES);
+    run(&mut search, SNAT_FREE_TRIES, try_free_pair);
     if search.port == 0 && !search.full {
-        search.displace = true;
-        run(&mut search, SNAT_PORT_TRIES);
+        run(&mut search, SNAT_PORT_TRIES, try_any_pair);
     }
     if search.full {
         return Err(Reason::DropFlowTableFull);
@@ -106,21 +104,36 @@ pub fn search(
     Ok((search.claimed_addr, search.port))
 }
 
-/// Tries the first `tries` pairs, until one is claimed.
+/// Tries the first `tries` pairs with `callback`, until one is claimed.
 #[inline(always)]
-fn run(search: &mut Search, tries: u32) {
-    let callback = try_port as *mut c_void;
+fn run(search: &mut Search, tries: u32, callback: extern "C" fn(u64, *mut c_void) -> i64) {
+    let callback = callback as *mut c_void;
     // SAFETY: a helper taking the callback, its context (on this stack,
     // alive throughout) and no flags.
     unsafe { bpf_loop(tries, callback, (search as *mut Search).cast(), 0) };
 }
 
-/// One port: the `bpf_loop` callback. 1 stops the loop.
+/// One pair of the first pass, for a free one: the `bpf_loop` callback.
+/// 1 stops the loop.
+extern "C" fn try_free_pair(attempt: u64, ctx: *mut c_void) -> i64 {
+    try_pair::<false>(attempt, ctx)
+}
+
+/// One pair of the second pass: free, held by a closed connection of the
+/// same client, or taken over from a half-open one.
+extern "C" fn try_any_pair(attempt: u64, ctx: *mut c_void) -> i64 {
+    try_pair::<true>(attempt, ctx)
+}
+
+/// One pair, in the first pass or (`SECOND`) the second. Two callbacks,
+/// each verified with its pass a constant: one taking the pass from the
+/// context made the verifier walk 40-67k more instructions.
+#[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
 )]
-extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
+fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Search`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
     let attempt = attempt as u32;
@@ -142,9 +155,9 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
         FLAG_REPLY,
         search.now,
     );
-    // The displacement pass tries every pair for free again, closed
-    // connections of the same client now counting as free (see `search`).
-    let closed = if search.displace { SameClientClosed::Reuse } else { SameClientClosed::Avoid };
+    // The second pass tries every pair for free again, closed connections
+    // of the same client now counting as free (see `search`).
+    let closed = if SECOND { SameClientClosed::Reuse } else { SameClientClosed::Avoid };
     let free = if half_open_holds(&key, reply, search.now) {
         false
     } else {
@@ -156,7 +169,7 @@ extern "C" fn try_port(attempt: u64, ctx: *mut c_void) -> i64 {
             }
         }
     };
-    let claimed = free || search.displace && displace(&key, reply);
+    let claimed = free || SECOND && displace(&key, reply);
     if claimed {
         search.port = port;
         search.claimed_addr = addr;
