@@ -303,7 +303,7 @@ pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool
 /// it is not, the node answers with an ACK of the old connection, the
 /// client resets that and sends its SYN again about 8 ms later, which then
 /// goes through (measured; see `ports::search`, which takes such a tuple
-/// only when it finds no free one). Another client waits the TIME_WAIT
+/// only when none of its first tries is free). Another client waits the TIME_WAIT
 /// out ([`expired`]).
 #[inline(always)]
 pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {

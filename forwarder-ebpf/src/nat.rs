@@ -105,7 +105,7 @@ pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(),
 /// hash `hash`, towards `backend`), taken back for it: its slot is whole
 /// and fresh, but its reply entry was evicted from the full half-open
 /// table or, for TCP, its port taken over by a newer half-open
-/// connection (the SNAT displacement pass). The node knows a TCP
+/// connection (the SNAT search's second pass). The node knows a TCP
 /// connection by that tuple, and of two handshakes on one tuple it
 /// completes at most one: this one, the further along (its client
 /// acknowledges), gets it, where a new port would get its ACK a RST. A
@@ -170,8 +170,8 @@ fn write_origin(slot: &mut Origin, key: &FlowKey, reply: &FlowKey, entry: &FlowE
 /// same client (see `conntrack::closed_for_its_client`) to a new one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SameClientClosed {
-    /// Yes: the key is the client's own tuple (preserve mode), or no SNAT
-    /// pair tried was free.
+    /// Yes: the key is the client's own tuple (preserve mode), or none of
+    /// the first SNAT pairs tried was free (see `ports::search`).
     Reuse,
     /// Not while a free SNAT pair may still be found: a node that closed
     /// the connection first may refuse the new one's SYN on it.
@@ -233,6 +233,8 @@ pub fn claim(key: &FlowKey, reply: &FlowEntry, now: u64, closed: SameClientClose
 /// `claim`'s, in a bucket then cached).
 #[inline(always)]
 pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
+    // (`SameClientClosed` does not matter: a half-open entry is judged
+    // alone, see `reusable`.)
     // SAFETY: a map value pointer from the lookup helper.
     HALF_OPEN.get_ptr(key).is_some_and(|existing| {
         !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now, SameClientClosed::Avoid)

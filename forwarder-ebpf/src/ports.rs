@@ -2,9 +2,9 @@
 //! tries, as `bpf_loop` iterations.
 //!
 //! A plain loop is unrolled by the verifier, which walks its body once per
-//! port tried, twice over (a claim pass, then a displacement pass): most
-//! of the program's verification budget, and most of its stack. The
-//! callback of `bpf_loop` is verified once, in a frame of its own.
+//! port tried, in both passes: most of the program's verification budget,
+//! and most of its stack. A `bpf_loop` callback is verified once, in a
+//! frame of its own; each pass has its own (see [`try_pair`]).
 
 use core::ffi::c_void;
 
@@ -57,15 +57,24 @@ struct Search {
 /// The first `SNAT_FREE_TRIES` pairs are tried for a free one. If all are
 /// held, the first pair of all `SNAT_PORT_TRIES` that is free, held by a
 /// closed connection of the same client, or held by a half-open
-/// connection is taken, the last taken over (its client's next packet
-/// takes it back or starts afresh), so that a flood of unanswered
-/// connections can neither keep new ones out nor make each of them try
-/// every pair. Ports of established connections never are taken over.
+/// connection is taken (in the order the pairs are tried, whichever of
+/// the three it is), the last taken over (its client's next packet takes
+/// it back or starts afresh), so that a flood of unanswered connections
+/// can neither keep new ones out nor make each of them try every pair.
+/// Ports of established connections never are taken over.
+///
 /// A closed connection's pair waits for the second pass: if the node
 /// closed first, it holds the tuple in TIME_WAIT and refuses a SYN whose
 /// timestamp is older than the last it saw, which half of new connections
 /// from the same client carry (Linux draws a timestamp offset per
-/// connection); the client then retries about 8 ms later.
+/// connection); the client then retries about 8 ms later. So a free pair
+/// among the first `SNAT_FREE_TRIES` goes before it, not one further on.
+/// Once such pairs are all a client has left (it opens more than about
+/// 529 connections a second that the node closes), each of its new
+/// connections pays the first pass in vain: 8 tries of up to four lookups
+/// each. (A third pass for closed pairs alone, so that none of them is
+/// passed over for a half-open connection's, made the verifier refuse
+/// the program.)
 #[inline(always)]
 pub fn search(
     original: &FlowKey,
@@ -126,8 +135,8 @@ extern "C" fn try_any_pair(attempt: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// One pair, in the first pass or (`SECOND`) the second. Two callbacks,
-/// each verified with its pass a constant: one taking the pass from the
-/// context made the verifier walk 40-67k more instructions.
+/// each verified with its pass a constant: one reading the pass from its
+/// context made the verifier walk 85-102k more instructions.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,

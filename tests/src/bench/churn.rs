@@ -1,9 +1,10 @@
 //! New connections at a fixed rate to one node in snat mode, for a while:
-//! whether SNAT port reuse keeps up with the rate and never hands a new
-//! connection a tuple the node still holds. Two cases: the client closes
-//! first (the node ends in CLOSED), and the node closes first (`Connection:
-//! close`: the node holds each tuple in TIME_WAIT for 60 s, and a port is
-//! reused after 2 s only because the new SYN comes from the same client).
+//! whether SNAT port reuse keeps up with the rate. Two cases: the client
+//! closes first (the node ends in CLOSED), and the node closes first
+//! (`Connection: close`: the node holds each tuple in TIME_WAIT for 60 s;
+//! once every port is held so, a port is reused after 2 s only because
+//! the new SYN comes from the same client, and the node refuses half of
+//! those SYNs, taking the client's second about 8 ms later).
 
 use std::{
     io::{Read as _, Write as _},
