@@ -258,10 +258,6 @@ pub struct Peer {
 /// in `table`), if it is still there and still its peer: the other entry,
 /// or for a half-open reply entry its slot.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
-)]
 pub fn peer(table: Table, key: &FlowKey, entry: &FlowEntry) -> Option<Peer> {
     let peer_key = entry.peer_key(key.proto);
     if table == Table::HalfOpen && entry.flags & FLAG_REPLY != 0 {

@@ -19,7 +19,7 @@ use core::{
 /// `src` must be readable and `dst` writable for a `T`, both aligned.
 #[inline(always)]
 pub unsafe fn copy<W: Copy, T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % size_of::<W>() == 0 && align_of::<T>() >= align_of::<W>()) };
+    const { assert!(size_of::<T>().is_multiple_of(size_of::<W>()) && align_of::<T>() >= align_of::<W>()) };
     // As possibly uninitialised words: a `T` may have padding.
     let (dst, src) = (dst.cast::<MaybeUninit<W>>(), src.cast::<MaybeUninit<W>>());
     let mut i = 0;
@@ -36,7 +36,7 @@ pub unsafe fn copy<W: Copy, T: Copy>(dst: *mut T, src: *const T) {
 /// `dst` must be writable for a `T`, aligned, and all-zeroes a valid `T`.
 #[inline(always)]
 pub unsafe fn zero<T>(dst: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let dst = dst.cast::<u64>();
     let mut i = 0;
     while i < size_of::<T>() / 8 {

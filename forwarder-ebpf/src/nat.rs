@@ -90,14 +90,16 @@ pub fn create(
 /// hop included, if known); if there is none, undoes the connection.
 #[inline(always)]
 pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(), Reason> {
-    let reply = entry.peer_key(pkt.key.proto);
+    // A reference: a key passed by value is copied to the stack, which
+    // has no room for it.
+    let reply = &entry.peer_key(pkt.key.proto);
     let Some(slot) = conntrack::slot_of(hash) else {
-        let _ = HALF_OPEN.remove(&reply);
+        let _ = HALF_OPEN.remove(reply);
         return Err(Reason::DropFlowTableFull);
     };
     // SAFETY: an `ORIGINS` value pointer; the slot is written whole, its
     // check last, and trusted by readers only if the check matches.
-    unsafe { write_origin(&mut *slot, &pkt.key, &reply, entry) };
+    unsafe { write_origin(&mut *slot, &pkt.key, reply, entry) };
     Ok(())
 }
 

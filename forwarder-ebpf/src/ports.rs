@@ -138,10 +138,6 @@ extern "C" fn try_any_pair(attempt: u64, ctx: *mut c_void) -> i64 {
 /// each verified with its pass a constant: one reading the pass from its
 /// context made the verifier walk 85-102k more instructions.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
-)]
 fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Search`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
@@ -190,10 +186,6 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
 /// Takes the pair of the reply tuple `key` over for the new connection
 /// whose reply entry is `reply`, unless an established connection holds it.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
-)]
 fn displace(key: &FlowKey, reply: &FlowEntry) -> bool {
     let taken = FLOWS.get_ptr(key).is_none() && HALF_OPEN.insert(key, reply, u64::from(BPF_ANY)).is_ok();
     if taken {
