@@ -158,7 +158,7 @@ pub enum ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    snat_ip: Option<Spanned<Value>>,
+    snat_ip: Option<Spanned<RawSnatIp>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
     kube: Option<kube::RawKube>,
@@ -314,23 +314,57 @@ fn validate_port(port: &Spanned<i64>) -> Result<u16, Problem> {
     }
 }
 
-/// A unicast IPv4 address (what a VIP, backend or SNAT address must be).
+/// `snat_ip` as written: one address, or a list whose entries keep their
+/// place in the file (a `Value` array would not), so that an error names
+/// the entry.
+enum RawSnatIp {
+    One(String),
+    List(Vec<Spanned<Value>>),
+}
+
+impl<'de> Deserialize<'de> for RawSnatIp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSnatIp;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawSnatIp, E> {
+                Ok(RawSnatIp::One(text.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawSnatIp, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(RawSnatIp::List(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// `snat_ip`: one address, or a list of up to `MAX_SNAT_ADDRS` distinct ones.
-fn validate_snat_ip(raw: Spanned<Value>) -> Result<Vec<Ipv4Addr>, Problem> {
+fn validate_snat_ip(raw: Spanned<RawSnatIp>) -> Result<Vec<Ipv4Addr>, Problem> {
     let span = raw.span();
     let items = match raw.into_inner() {
-        Value::String(text) => vec![Spanned::new(span.clone(), text)],
-        Value::Array(items) if items.is_empty() => {
+        RawSnatIp::One(text) => vec![Spanned::new(span.clone(), text)],
+        RawSnatIp::List(items) if items.is_empty() => {
             return problem(span, "snat_ip is an empty list: leave it out to use each node's own address");
         }
-        Value::Array(items) => {
+        RawSnatIp::List(items) => {
             let mut texts = Vec::with_capacity(items.len());
             for item in items {
-                match item {
-                    Value::String(text) => texts.push(Spanned::new(span.clone(), text)),
+                let item_span = item.span();
+                match item.into_inner() {
+                    Value::String(text) => texts.push(Spanned::new(item_span, text)),
                     other => {
                         return problem(
-                            span,
+                            item_span,
                             format!("snat_ip entries are strings, not {}", other.type_str()),
                         );
                     }
@@ -338,14 +372,11 @@ fn validate_snat_ip(raw: Spanned<Value>) -> Result<Vec<Ipv4Addr>, Problem> {
             }
             texts
         }
-        other => {
-            return problem(
-                span,
-                format!("snat_ip is a string or a list of strings, not {}", other.type_str()),
-            );
-        }
     };
     let addrs = items.iter().map(|item| unicast(item, "snat_ip")).collect::<Result<Vec<_>, _>>()?;
+    if let Some(index) = first_repeat(&addrs) {
+        return problem(items[index].span(), format!("snat_ip names {} twice", addrs[index]));
+    }
     check_snat_ips(&addrs).or_else(|message| problem(span, message))?;
     Ok(addrs)
 }
@@ -356,13 +387,18 @@ pub fn check_snat_ips(addrs: &[Ipv4Addr]) -> Result<(), String> {
     if addrs.len() > MAX_SNAT_ADDRS {
         return Err(format!("snat_ip has {} addresses; at most {MAX_SNAT_ADDRS}", addrs.len()));
     }
-    for (index, addr) in addrs.iter().enumerate() {
+    for addr in addrs {
         check_unicast(*addr, "snat_ip")?;
-        if addrs[..index].contains(addr) {
-            return Err(format!("snat_ip names {addr} twice"));
-        }
     }
-    Ok(())
+    match first_repeat(addrs) {
+        Some(index) => Err(format!("snat_ip names {} twice", addrs[index])),
+        None => Ok(()),
+    }
+}
+
+/// The index of the first address that `addrs` names a second time.
+fn first_repeat(addrs: &[Ipv4Addr]) -> Option<usize> {
+    (0..addrs.len()).find(|&index| addrs[..index].contains(&addrs[index]))
 }
 
 /// Serde: `null`, one address or a list (files and requests written
@@ -381,6 +417,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
     })
 }
 
+/// A unicast IPv4 address (what a VIP, backend or SNAT address must be).
 fn unicast(text: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Problem> {
     let addr: Ipv4Addr = match text.get_ref().parse() {
         Ok(addr) => addr,

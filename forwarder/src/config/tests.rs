@@ -203,6 +203,27 @@ fn every_validation_error_names_line_and_problem() {
         ),
         ("snat ip a number", r#"snat_ip = "198.18.2.1""#, "snat_ip = 7", 2, "a string or a list of strings"),
         (
+            "multicast snat ip in a list of several lines",
+            r#"snat_ip = "198.18.2.1""#,
+            "snat_ip = [\n  \"198.18.2.1\",\n  \"224.0.0.1\",\n]",
+            4,
+            "snat_ip 224.0.0.1 is not a unicast address",
+        ),
+        (
+            "repeated snat ip in a list of several lines",
+            r#"snat_ip = "198.18.2.1""#,
+            "snat_ip = [\n  \"198.18.2.1\",\n  \"198.18.2.2\",\n  \"198.18.2.1\",\n]",
+            5,
+            "snat_ip names 198.18.2.1 twice",
+        ),
+        (
+            "number in a snat ip list of several lines",
+            r#"snat_ip = "198.18.2.1""#,
+            "snat_ip = [\n  \"198.18.2.1\",\n  7,\n]",
+            4,
+            "snat_ip entries are strings, not integer",
+        ),
+        (
             "snat pool member not unicast",
             r#"snat_ip = "198.18.2.1""#,
             r#"snat_ip = ["198.18.2.1", "224.0.0.1"]"#,
