@@ -119,6 +119,31 @@ pub const TCP_CLOSED_TIMEOUT_NS: u64 = 2 * SECOND;
 /// refuse a new connection's SYN on it, so the SNAT port waits it out.
 pub const TCP_TIME_WAIT_TIMEOUT_NS: u64 = 60 * SECOND;
 
+/// Whether a node that closed a connection first, and so holds its tuple
+/// in TIME_WAIT, takes a new SYN on that tuple, as Linux decides: only if
+/// the SYN's timestamp value `syn_tsval` is newer, in sequence-number
+/// order, than the last it saw from the client, the one of the client's
+/// FIN (`fin_tsval`) (RFC 7323's PAWS, RFC 6191). Otherwise it answers
+/// with an ACK of the old connection, the client resets that and sends its
+/// SYN again about 8 ms later. 0 stands for no timestamp found: judged
+/// refused.
+///
+/// ```
+/// use forwarder_common::conntrack::node_takes_syn;
+/// assert!(node_takes_syn(1000, 1001));
+/// assert!(!node_takes_syn(1000, 999));
+/// assert!(!node_takes_syn(1000, 1000));
+/// assert!(node_takes_syn(u32::MAX, 5)); // the clock wrapped
+/// assert!(!node_takes_syn(5, u32::MAX));
+/// assert!(!node_takes_syn(0, 5)); // the FIN had none
+/// assert!(!node_takes_syn(1000, 0)); // the SYN has none
+/// ```
+#[inline(always)]
+#[must_use]
+pub const fn node_takes_syn(fin_tsval: u32, syn_tsval: u32) -> bool {
+    fin_tsval != 0 && syn_tsval != 0 && (syn_tsval.wrapping_sub(fin_tsval) as i32) > 0
+}
+
 /// `last_seen` is refreshed at most this often, so an established flow's
 /// entry is written about once a second instead of on every packet.
 pub const REFRESH_INTERVAL_NS: u64 = SECOND;

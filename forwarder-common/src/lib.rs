@@ -27,3 +27,4 @@ pub mod icmp;
 pub mod maps;
 pub mod origin;
 pub mod snat;
+pub mod ts;

@@ -12,7 +12,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use forwarder_common::{
     conntrack::{
         FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS, answered,
-        expired as past_timeout, reopens, timeout_ns,
+        expired as past_timeout, node_takes_syn, reopens, timeout_ns,
     },
     counters::Reason,
     hash::flow_hash,
@@ -312,6 +312,21 @@ pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now
         && past_timeout(now, last, TCP_CLOSED_TIMEOUT_NS)
 }
 
+/// Whether the node, which closed the connection of the reply entry
+/// `entry` first and holds its tuple in TIME_WAIT, takes a new SYN from
+/// the same client with the timestamp value `syn_tsval` on it now: the
+/// client's FIN was seen with an older timestamp (see `node_takes_syn`),
+/// no RST since, and the node quiet for `TCP_CLOSED_TIMEOUT_NS`. Judged
+/// from `entry` alone: the SNAT port search asks it of every pair it
+/// tries.
+#[inline(always)]
+pub fn time_wait_takes(entry: &FlowEntry, syn_tsval: u32, now: u64) -> bool {
+    entry.flags & FLAG_REPLY != 0
+        && entry.seen & (SEEN_FIN | SEEN_FIN_FIRST | SEEN_RST) == SEEN_FIN | SEEN_FIN_FIRST
+        && node_takes_syn(entry.fin_tsval, syn_tsval)
+        && past_timeout(now, entry.last_seen_ns, TCP_CLOSED_TIMEOUT_NS)
+}
+
 /// `entry`'s connection's bits as (original direction, reply direction).
 #[inline(always)]
 fn directions(entry: &FlowEntry, peer_seen: u8) -> (u8, u8) {
@@ -401,6 +416,9 @@ pub fn touch(table: Table, key: &FlowKey, at: At, packet_seen: u8, now: u64) {
                 }
                 entry.seen = seen;
             }
+            if packet_seen & SEEN_FIN != 0 && entry.flags & FLAG_REPLY == 0 {
+                note_client_fin(table, key, entry, crate::tcp_ts::tsval(packet_seen));
+            }
         }
         At::Origin(slot) => {
             // SAFETY: a map value pointer from the lookup helper, used at once.
@@ -412,6 +430,19 @@ pub fn touch(table: Table, key: &FlowKey, at: At, packet_seen: u8, now: u64) {
                 slot.seen |= packet_seen;
             }
         }
+    }
+}
+
+/// Stores the timestamp value `tsval` of a FIN the client sent on the
+/// connection whose original entry is `entry` (keyed `key` in `table`) in
+/// its reply entry (see `FlowEntry::fin_tsval`), if that is still its peer.
+#[inline(always)]
+fn note_client_fin(table: Table, key: &FlowKey, entry: &FlowEntry, tsval: u32) {
+    let Some(reply) = table.get_ptr_mut(&entry.peer_key(key.proto)) else { return };
+    // SAFETY: a map value pointer from the lookup helper, used at once.
+    let reply = unsafe { &mut *reply };
+    if reply.pairs_with(key) && reply.fin_tsval != tsval {
+        reply.fin_tsval = tsval;
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     maps::{SCRATCH, SCRATCH_PACKET},
     mem, nat,
     parse::{Packet, parse},
-    pmtu, stats,
+    pmtu, stats, tcp_ts,
 };
 
 /// What a hook gives the core.
@@ -49,6 +49,10 @@ pub trait Hook {
     /// Cuts the frame to its first `len` bytes and makes them directly
     /// writable; false if it could not. Invalidates pointers into the packet.
     fn shrink(&self, len: u32) -> bool;
+    /// Copies `len` bytes of the packet from `offset` to `to`; false if it
+    /// has fewer. Through a helper, so that the verifier's idea of how much
+    /// of the packet is readable stays the same on every path.
+    fn load_bytes(&self, offset: u32, to: *mut u8, len: u32) -> bool;
     /// Whether a packet passed untouched is counted under its reason: not
     /// on a second look at a packet another hook already passed (and
     /// counted). Asked only then, so that no flag is carried through the
@@ -97,6 +101,7 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
         Err(Reason::PassFragment) => return frag::translate_later(hook),
         parsed => parsed?,
     };
+    tcp_ts::load(hook, &pkt);
     let now = conntrack::now_ns();
     let wire_len = hook.wire_len(&pkt);
     let ingress = hook.ingress_ifindex();

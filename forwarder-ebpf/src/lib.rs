@@ -6,6 +6,7 @@
 //! ICMP errors about a connection are translated with it in [`icmp`];
 //! packets too big for their egress are answered in [`pmtu`]; later
 //! fragments follow their first in [`frag`].
+//! The timestamps of SYNs and FINs are read in [`tcp_ts`].
 //! [`datapath`] strings them together independently of the hook; [`xdp`]
 //! and [`tc`] are the two entry points.
 #![no_std]
@@ -24,6 +25,7 @@ pub mod pmtu;
 pub mod ports;
 pub mod stats;
 pub mod tc;
+pub mod tcp_ts;
 pub mod xdp;
 
 // One for every BPF object that links the datapath. Only for the BPF

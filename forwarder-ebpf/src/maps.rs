@@ -139,6 +139,11 @@ pub static SCRATCH: PerCpuArray<FlowEntry, 2> = PerCpuArray::new();
 pub const SCRATCH_PACKET: u32 = 0;
 pub const SCRATCH_BUILD: u32 = 1;
 
+/// The start of the TCP options of the SYN or FIN this CPU is processing,
+/// and its timestamp value (see `tcp_ts`).
+#[btf_map]
+pub static TCP_OPTIONS: PerCpuArray<crate::tcp_ts::Options, 1> = PerCpuArray::new();
+
 /// `ORIGINS` slots minus one; set by the loader from the map it uses.
 #[unsafe(no_mangle)]
 pub static ORIGINS_MASK: Global<u32> = Global::new(MAX_ORIGINS as u32 - 1);

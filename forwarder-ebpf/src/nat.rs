@@ -15,7 +15,7 @@ use crate::{
     conntrack::{self, Table},
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
     parse::Packet,
-    ports, stats,
+    ports, stats, tcp_ts,
 };
 
 /// `EEXIST` (no errno constants in the BPF target's libraries).
@@ -47,7 +47,7 @@ pub fn create(
     let (to, flags) = if service.mode == NatMode::Snat as u8 {
         let (addr, port) = match retake(pkt, service, backend, hash, now) {
             Some(taken) => taken,
-            None => ports::search(&original, service, backend, hash, now)?,
+            None => ports::search(&original, service, backend, hash, pkt.seen & SEEN_SYN != 0, now)?,
         };
         (FlowKey::new(addr, backend.addr, port, backend.port, proto), FLAG_SNAT)
     } else {
@@ -175,8 +175,13 @@ pub enum SameClientClosed {
     /// Yes: the key is the client's own tuple (preserve mode), or none of
     /// the first SNAT pairs tried was free (see `ports::search`).
     Reuse,
-    /// Not while a free SNAT pair may still be found: a node that closed
-    /// the connection first may refuse the new one's SYN on it.
+    /// Only where a node that closed first takes the new connection's
+    /// SYN, the packet being processed, on it (see
+    /// `conntrack::time_wait_takes`): while a free SNAT pair may still be
+    /// found, one where the node may refuse the SYN is not taken.
+    IfNodeTakesSyn,
+    /// No: the new connection does not start with a SYN (a node may refuse
+    /// whatever it sends), and a free SNAT pair may still be found.
     Avoid,
 }
 
@@ -239,7 +244,7 @@ pub fn half_open_holds(key: &FlowKey, reply: &FlowEntry, now: u64) -> bool {
     // alone, see `reusable`.)
     // SAFETY: a map value pointer from the lookup helper.
     HALF_OPEN.get_ptr(key).is_some_and(|existing| {
-        !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now, SameClientClosed::Avoid)
+        !reusable(Table::HalfOpen, key, unsafe { &*existing }, reply, now, SameClientClosed::Reuse)
     })
 }
 
@@ -276,9 +281,16 @@ fn reusable(
         // out of this loop, which the verifier walks once per port tried.)
         return conntrack::expired_alone(existing, key.proto, now);
     }
-    let same_client = closed == SameClientClosed::Reuse && existing.new_dst == reply.new_dst;
+    let same_client = existing.new_dst == reply.new_dst;
     conntrack::expired(table, key, existing, now)
-        || (same_client && conntrack::closed_for_its_client(table, key, existing, now))
+        || (same_client
+            && match closed {
+                SameClientClosed::Reuse => conntrack::closed_for_its_client(table, key, existing, now),
+                SameClientClosed::IfNodeTakesSyn => {
+                    conntrack::time_wait_takes(existing, tcp_ts::tsval(SEEN_SYN), now)
+                }
+                SameClientClosed::Avoid => false,
+            })
 }
 
 /// Whether the reply entries `existing` and `reply` translate to the same

@@ -37,7 +37,9 @@ struct Search {
     hash: u32,
     backend_port: u16,
     proto: u8,
-    _pad0: u8,
+    /// Whether the new connection starts with a SYN (whose timestamp
+    /// value `tcp_ts` holds).
+    syn: bool,
     /// The port claimed (wire order), 0 while none: SNAT ports start at 1024.
     port: u16,
     /// The half-open table refused an insertion.
@@ -63,24 +65,26 @@ struct Search {
 /// can neither keep new ones out nor make each of them try every pair.
 /// Ports of established connections never are taken over.
 ///
-/// A closed connection's pair waits for the second pass: if the node
-/// closed first, it holds the tuple in TIME_WAIT and refuses a SYN whose
-/// timestamp is older than the last it saw, which half of new connections
-/// from the same client carry (Linux draws a timestamp offset per
-/// connection); the client then retries about 8 ms later. So a free pair
-/// among the first `SNAT_FREE_TRIES` goes before it, not one further on.
-/// Once such pairs are all a client has left (it opens more than about
-/// 529 connections a second that the node closes), each of its new
-/// connections pays the first pass in vain: 8 tries of up to four lookups
-/// each. (A third pass for closed pairs alone, so that none of them is
-/// passed over for a half-open connection's, made the verifier refuse
-/// the program.)
+/// A pair of a closed connection of the same client that the node closed
+/// first counts as free in the first pass only if the node takes the new
+/// connection's SYN on it: the node holds the tuple in TIME_WAIT and
+/// refuses a SYN whose timestamp is not newer than the one of the
+/// client's FIN, which half of new connections from the same client carry
+/// (Linux draws a timestamp offset per connection); the client then
+/// retries about 8 ms later (see `conntrack::time_wait_takes`). Without a
+/// timestamp on either side (a SYN not laid out as `tcp_ts` expects, a
+/// client that sends none, a new connection that starts with no SYN), such
+/// a pair waits for the second pass, so that a free pair among the first
+/// `SNAT_FREE_TRIES` goes before it, not one further on. (A third pass
+/// for closed pairs alone, so that none of them is passed over for a
+/// half-open connection's, made the verifier refuse the program.)
 #[inline(always)]
 pub fn search(
     original: &FlowKey,
     service: &ServiceEntry,
     backend: &Backend,
     hash: u32,
+    syn: bool,
     now: u64,
 ) -> Result<(u32, u16), Reason> {
     let mut search = Search {
@@ -94,7 +98,7 @@ pub fn search(
         hash,
         backend_port: backend.port,
         proto: original.proto,
-        _pad0: 0,
+        syn,
         port: 0,
         full: false,
         _pad1: 0,
@@ -162,7 +166,11 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
     );
     // The second pass tries every pair for free again, closed connections
     // of the same client now counting as free (see `search`).
-    let closed = if SECOND { SameClientClosed::Reuse } else { SameClientClosed::Avoid };
+    let closed = match (SECOND, search.syn) {
+        (true, _) => SameClientClosed::Reuse,
+        (false, true) => SameClientClosed::IfNodeTakesSyn,
+        (false, false) => SameClientClosed::Avoid,
+    };
     let free = if half_open_holds(&key, reply, search.now) {
         false
     } else {

@@ -24,7 +24,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_pull_data,
+        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     programs::TcContext,
 };
@@ -128,6 +128,13 @@ impl Hook for TcHook<'_> {
         let skb = self.0.skb.skb;
         // SAFETY: helpers on the program's own skb.
         unsafe { bpf_skb_change_tail(skb, len, 0) == 0 && bpf_skb_pull_data(skb, len) == 0 }
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, to: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks the range against the skb (its pages
+        // included); `to` is writable for `len` bytes (the caller's promise).
+        unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), offset, to.cast(), len) == 0 }
     }
 
     /// Beside XDP, a packet XDP did not tag (where the kernel lets it

@@ -4,7 +4,7 @@ use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::{bpf_redirect, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail},
+    helpers::{bpf_redirect, bpf_xdp_adjust_meta, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use forwarder_common::{
@@ -78,6 +78,13 @@ impl Hook for XdpHook<'_> {
         let by = len as i32 - (self.0.data_end() - self.0.data()) as i32;
         // SAFETY: the helper checks the new length against the frame.
         by <= 0 && unsafe { bpf_xdp_adjust_tail(self.0.ctx, by) } == 0
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, to: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks the range against the frame; `to` is
+        // writable for `len` bytes (the caller's promise).
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, offset, to.cast(), len) == 0 }
     }
 
     /// XDP is the first to see a packet.
