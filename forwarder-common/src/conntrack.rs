@@ -36,6 +36,10 @@ pub const SEEN_ACK: u8 = 1 << 4;
 /// datapath on reply entries: the node closed first, so it holds the
 /// connection's tuple in TIME_WAIT).
 pub const SEEN_FIN_FIRST: u8 = 1 << 5;
+/// The client's FIN was seen, its timestamp value kept in
+/// `FlowEntry::fin_tsval` (set by the datapath on reply entries; see
+/// [`node_takes_syn`]).
+pub const SEEN_CLIENT_FIN: u8 = 1 << 6;
 /// The `SEEN_*` bits a TCP packet with header flags byte `flags` brings.
 ///
 /// ```
@@ -120,13 +124,14 @@ pub const TCP_CLOSED_TIMEOUT_NS: u64 = 2 * SECOND;
 pub const TCP_TIME_WAIT_TIMEOUT_NS: u64 = 60 * SECOND;
 
 /// Whether a node that closed a connection first, and so holds its tuple
-/// in TIME_WAIT, takes a new SYN on that tuple, as Linux decides: only if
-/// the SYN's timestamp value `syn_tsval` is newer, in sequence-number
+/// in TIME_WAIT, surely takes a new SYN on that tuple, as Linux decides:
+/// if the SYN's timestamp value `syn_tsval` is newer, in sequence-number
 /// order, than the last it saw from the client, the one of the client's
-/// FIN (`fin_tsval`) (RFC 7323's PAWS, RFC 6191). Otherwise it answers
-/// with an ACK of the old connection, the client resets that and sends its
-/// SYN again about 8 ms later. 0 stands for no timestamp found: judged
-/// refused.
+/// FIN (`fin_tsval`) (RFC 7323's PAWS, RFC 6191). (It also takes one
+/// whose sequence number is past the old connection's, which is not
+/// tracked.) Otherwise it answers with an ACK of the old connection, the
+/// client resets that and sends its SYN again about 8 ms later. 0 stands
+/// for no timestamp found: judged refused.
 ///
 /// ```
 /// use forwarder_common::conntrack::node_takes_syn;

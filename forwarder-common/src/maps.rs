@@ -374,15 +374,15 @@ pub struct FlowEntry {
     /// (redone when `last_seen_ns` is refreshed, about once a second);
     /// interface 0 until the first.
     pub hop: NextHop,
-    /// In a reply entry, the TCP timestamp value (TSval) of the client's
-    /// last FIN; 0 if none was seen or none was found in it. A node that
-    /// closed first holds the tuple in TIME_WAIT and takes a new SYN on it
-    /// only if its timestamp is newer (see `conntrack::node_takes_syn`).
-    /// Kept with the node's direction so that the SNAT port search judges
-    /// a port by the one entry it finds. In what was the struct's tail
-    /// padding: the entry keeps its size, and an older release's entries
-    /// may hold anything here (at worst a SYN the node refuses, which the
-    /// client sends again).
+    /// In a reply entry with `conntrack::SEEN_CLIENT_FIN`, the TCP
+    /// timestamp value (TSval) of the client's last FIN; 0 if none was
+    /// found in it. A node that closed first holds the tuple in TIME_WAIT
+    /// and takes a new SYN on it if its timestamp is newer (see
+    /// `conntrack::node_takes_syn`). Kept with the node's direction so
+    /// that the SNAT port search judges a port by the one entry it finds.
+    /// In what was the struct's tail padding: the entry keeps its size; an
+    /// older release's entries may hold anything here, and are not judged
+    /// by it (that release never sets `SEEN_CLIENT_FIN`).
     pub fin_tsval: u32,
 }
 

@@ -11,8 +11,8 @@
 use aya_ebpf::bindings::BPF_ANY;
 use forwarder_common::{
     conntrack::{
-        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST, TCP_CLOSED_TIMEOUT_NS, answered,
-        expired as past_timeout, node_takes_syn, reopens, timeout_ns,
+        FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_CLIENT_FIN, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST,
+        TCP_CLOSED_TIMEOUT_NS, answered, expired as past_timeout, node_takes_syn, reopens, timeout_ns,
     },
     counters::Reason,
     hash::flow_hash,
@@ -298,9 +298,9 @@ pub fn expired(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool
 /// per connection, so a new connection's is newer only half the time; when
 /// it is not, the node answers with an ACK of the old connection, the
 /// client resets that and sends its SYN again about 8 ms later, which then
-/// goes through (measured; see `ports::search`, which takes such a tuple
-/// only when none of its first tries is free). Another client waits the TIME_WAIT
-/// out ([`expired`]).
+/// goes through (measured; see `ports::search`, whose first pass takes
+/// such a tuple only where [`time_wait_takes`] says the node takes the
+/// SYN). Another client waits the TIME_WAIT out ([`expired`]).
 #[inline(always)]
 pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
     let peer = peer(table, key, entry);
@@ -316,13 +316,16 @@ pub fn closed_for_its_client(table: Table, key: &FlowKey, entry: &FlowEntry, now
 /// `entry` first and holds its tuple in TIME_WAIT, takes a new SYN from
 /// the same client with the timestamp value `syn_tsval` on it now: the
 /// client's FIN was seen with an older timestamp (see `node_takes_syn`),
-/// no RST since, and the node quiet for `TCP_CLOSED_TIMEOUT_NS`. Judged
-/// from `entry` alone: the SNAT port search asks it of every pair it
-/// tries.
+/// no RST from the node, and both quiet for `TCP_CLOSED_TIMEOUT_NS` (the
+/// client's FIN refreshes `entry`: see [`note_client_fin`]). Judged from
+/// `entry` alone: the SNAT port search asks it of every pair it tries. (A
+/// RST from the client ends the node's TIME_WAIT, so that any SYN is
+/// taken.)
 #[inline(always)]
 pub fn time_wait_takes(entry: &FlowEntry, syn_tsval: u32, now: u64) -> bool {
+    const CLOSED: u8 = SEEN_FIN | SEEN_FIN_FIRST | SEEN_CLIENT_FIN;
     entry.flags & FLAG_REPLY != 0
-        && entry.seen & (SEEN_FIN | SEEN_FIN_FIRST | SEEN_RST) == SEEN_FIN | SEEN_FIN_FIRST
+        && entry.seen & (CLOSED | SEEN_RST) == CLOSED
         && node_takes_syn(entry.fin_tsval, syn_tsval)
         && past_timeout(now, entry.last_seen_ns, TCP_CLOSED_TIMEOUT_NS)
 }
@@ -417,7 +420,7 @@ pub fn touch(table: Table, key: &FlowKey, at: At, packet_seen: u8, now: u64) {
                 entry.seen = seen;
             }
             if packet_seen & SEEN_FIN != 0 && entry.flags & FLAG_REPLY == 0 {
-                note_client_fin(table, key, entry, crate::tcp_ts::tsval(packet_seen));
+                note_client_fin(table, key, entry, crate::tcp_ts::tsval(packet_seen), now);
             }
         }
         At::Origin(slot) => {
@@ -433,17 +436,24 @@ pub fn touch(table: Table, key: &FlowKey, at: At, packet_seen: u8, now: u64) {
     }
 }
 
-/// Stores the timestamp value `tsval` of a FIN the client sent on the
+/// Records a FIN the client sent, with the timestamp value `tsval`, on the
 /// connection whose original entry is `entry` (keyed `key` in `table`) in
-/// its reply entry (see `FlowEntry::fin_tsval`), if that is still its peer.
+/// its reply entry, if that is still its peer: `SEEN_CLIENT_FIN`, the
+/// timestamp (see `FlowEntry::fin_tsval`), and the time, so that the
+/// connection counts as quiet from the client's last FIN on, however long
+/// the node has been silent (see [`time_wait_takes`]; expiry takes the
+/// later of the two entries' times, so this changes no timeout).
 #[inline(always)]
-fn note_client_fin(table: Table, key: &FlowKey, entry: &FlowEntry, tsval: u32) {
+fn note_client_fin(table: Table, key: &FlowKey, entry: &FlowEntry, tsval: u32, now: u64) {
     let Some(reply) = table.get_ptr_mut(&entry.peer_key(key.proto)) else { return };
     // SAFETY: a map value pointer from the lookup helper, used at once.
     let reply = unsafe { &mut *reply };
-    if reply.pairs_with(key) && reply.fin_tsval != tsval {
-        reply.fin_tsval = tsval;
+    if !reply.pairs_with(key) {
+        return;
     }
+    reply.fin_tsval = tsval;
+    reply.seen |= SEEN_CLIENT_FIN;
+    reply.last_seen_ns = now;
 }
 
 /// Records a forwarded packet of the connection keyed `key` in `table`,

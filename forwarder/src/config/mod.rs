@@ -357,6 +357,7 @@ fn validate_snat_ip(raw: Spanned<RawSnatIp>) -> Result<Vec<Ipv4Addr>, Problem> {
             return problem(span, "snat_ip is an empty list: leave it out to use each node's own address");
         }
         RawSnatIp::List(items) => {
+            check_snat_count(items.len()).or_else(|message| problem(span.clone(), message))?;
             let mut texts = Vec::with_capacity(items.len());
             for item in items {
                 let item_span = item.span();
@@ -373,20 +374,19 @@ fn validate_snat_ip(raw: Spanned<RawSnatIp>) -> Result<Vec<Ipv4Addr>, Problem> {
             texts
         }
     };
+    // (Each entry's own rules first, so that an error names its line; the
+    // list has at most `MAX_SNAT_ADDRS`, so the repeat search is short.)
     let addrs = items.iter().map(|item| unicast(item, "snat_ip")).collect::<Result<Vec<_>, _>>()?;
     if let Some(index) = first_repeat(&addrs) {
         return problem(items[index].span(), format!("snat_ip names {} twice", addrs[index]));
     }
-    check_snat_ips(&addrs).or_else(|message| problem(span, message))?;
     Ok(addrs)
 }
 
 /// The rules of a SNAT address list (`snat_ip`, `--snat-ip`): unicast,
 /// distinct, at most `MAX_SNAT_ADDRS`.
 pub fn check_snat_ips(addrs: &[Ipv4Addr]) -> Result<(), String> {
-    if addrs.len() > MAX_SNAT_ADDRS {
-        return Err(format!("snat_ip has {} addresses; at most {MAX_SNAT_ADDRS}", addrs.len()));
-    }
+    check_snat_count(addrs.len())?;
     for addr in addrs {
         check_unicast(*addr, "snat_ip")?;
     }
@@ -394,6 +394,14 @@ pub fn check_snat_ips(addrs: &[Ipv4Addr]) -> Result<(), String> {
         Some(index) => Err(format!("snat_ip names {} twice", addrs[index])),
         None => Ok(()),
     }
+}
+
+/// The rule on a SNAT address list's length.
+fn check_snat_count(count: usize) -> Result<(), String> {
+    if count > MAX_SNAT_ADDRS {
+        return Err(format!("snat_ip has {count} addresses; at most {MAX_SNAT_ADDRS}"));
+    }
+    Ok(())
 }
 
 /// The index of the first address that `addrs` names a second time.

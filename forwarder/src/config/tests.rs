@@ -105,6 +105,7 @@ fn an_empty_file_has_no_services() {
 /// `line` containing `message`.
 #[test]
 fn every_validation_error_names_line_and_problem() {
+    let seventeen_same = format!("snat_ip = [{}]", vec!["\"198.18.3.1\""; 17].join(", "));
     let seventeen = format!(
         "snat_ip = [{}]",
         (1..=17).map(|i| format!("\"198.18.3.{i}\"")).collect::<Vec<_>>().join(", ")
@@ -234,6 +235,13 @@ fn every_validation_error_names_line_and_problem() {
             "snat pool too big",
             r#"snat_ip = "198.18.2.1""#,
             &seventeen,
+            2,
+            "snat_ip has 17 addresses; at most 16",
+        ),
+        (
+            "too many snat ips, repeated: the count is what is reported",
+            r#"snat_ip = "198.18.2.1""#,
+            &seventeen_same,
             2,
             "snat_ip has 17 addresses; at most 16",
         ),
