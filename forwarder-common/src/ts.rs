@@ -8,8 +8,8 @@ pub const OPTIONS_READ: usize = 16;
 /// its value next, with the bytes that vary (MSS, window scale) masked:
 /// a FIN's or other segment's as every common system sends it (NOP, NOP);
 /// a Linux SYN's (MSS, SACK permitted); a BSD, macOS or Windows SYN's
-/// (MSS, NOP, window scale, NOP, NOP). A loop over any layout costs the
-/// verifier more than the datapath can spare.
+/// (MSS, NOP, window scale, NOP, NOP). Options laid out otherwise count
+/// as having no timestamp (the port search then waits, as without one).
 const LAYOUTS: [(&[u8], &[u8]); 3] = [
     (&[1, 1, 8, 10], &[0xff; 4]),
     (&[2, 4, 0, 0, 4, 2, 8, 10], &[0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff]),

@@ -3,8 +3,10 @@
 //! closes first (the node ends in CLOSED), and the node closes first
 //! (`Connection: close`: the node holds each tuple in TIME_WAIT for 60 s;
 //! once every port is held so, a port is reused after 2 s only because
-//! the new SYN comes from the same client, and the node refuses half of
-//! those SYNs, taking the client's second about 8 ms later).
+//! the new SYN comes from the same client: at once where its timestamp is
+//! newer than the one of the client's FIN, which the node's TIME_WAIT
+//! takes; otherwise only when no such port is found, and then the node
+//! may refuse the SYN, taking the client's second about 8 ms later).
 
 use std::{
     io::{Read as _, Write as _},
