@@ -94,8 +94,9 @@ pub enum Reason {
     HalfOpenDisplaced,
     /// A half-open connection whose reply entry was evicted or whose SNAT
     /// port a newer half-open connection took got it back on its client's
-    /// next packet (not a SYN): the node knows the connection by that
-    /// tuple, and a new port would get a RST.
+    /// next packet (not a SYN), or kept it though a newer connection took
+    /// its slot: the node knows the connection by that tuple, and a new
+    /// port would get a RST.
     HalfOpenReclaimed,
 }
 

@@ -15,7 +15,8 @@ use crate::{
     conntrack::{self, Table},
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
     parse::Packet,
-    ports, stats, tcp_ts,
+    ports::{self, Start},
+    stats, tcp_ts,
 };
 
 /// `EEXIST` (no errno constants in the BPF target's libraries).
@@ -46,8 +47,8 @@ pub fn create(
     let proto = original.proto;
     let (to, flags) = if service.mode == NatMode::Snat as u8 {
         let (addr, port) = match retake(pkt, service, backend, hash, now) {
-            Some(taken) => taken,
-            None => ports::search(&original, service, backend, hash, pkt.seen & SEEN_SYN != 0, now)?,
+            Ok(pair) => pair,
+            Err(start) => ports::search(&original, service, backend, hash, start, now)?,
         };
         (FlowKey::new(addr, backend.addr, port, backend.port, proto), FLAG_SNAT)
     } else {
@@ -103,10 +104,10 @@ pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(),
     Ok(())
 }
 
-/// The SNAT address and port (wire order) of the half-open connection of `pkt` (flow
-/// hash `hash`, towards `backend`), taken back for it: its slot is whole
-/// and fresh, but its reply entry was evicted from the full half-open
-/// table or, for TCP, its port taken over by a newer half-open
+/// The SNAT address and port (wire order) of the half-open connection of
+/// `pkt` (flow hash `hash`, towards `backend`), taken back for it: its
+/// slot is whole and fresh, but its reply entry was evicted from the full
+/// half-open table or, for TCP, its port taken over by a newer half-open
 /// connection (the SNAT search's second pass). The node knows a TCP
 /// connection by that tuple, and of two handshakes on one tuple it
 /// completes at most one: this one, the further along (its client
@@ -114,6 +115,10 @@ pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(),
 /// UDP flow gets its port back only if nobody holds it (another client's
 /// flow may be using it). Not for a SYN, which starts a connection afresh,
 /// nor a RST, nor when an established connection holds the port.
+///
+/// Otherwise, how the SNAT search for a new pair is to start: for a TCP
+/// connection whose slot names a newer one, by looking for its own pair
+/// (`ports::Start::SlotTaken`).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -125,13 +130,22 @@ fn retake(
     backend: &Backend,
     hash: u32,
     now: u64,
-) -> Option<(u32, u16)> {
+) -> Result<(u32, u16), Start> {
     let tcp = pkt.is_tcp();
-    if tcp && pkt.seen & (SEEN_SYN | SEEN_RST | SEEN_ACK) != SEEN_ACK {
-        return None;
+    if tcp && pkt.seen & SEEN_SYN != 0 {
+        return Err(Start::Syn);
     }
+    if tcp && pkt.seen & (SEEN_RST | SEEN_ACK) != SEEN_ACK {
+        return Err(Start::Other);
+    }
+    let Some(slot) = conntrack::slot_of(hash) else { return Err(Start::Other) };
     // SAFETY: an `ORIGINS` value pointer, read at once.
-    let slot = unsafe { &*conntrack::slot_of(hash)? };
+    let slot = unsafe { &*slot };
+    if !slot.describes(&pkt.key) {
+        // (Not looked for for UDP, where every new flow would pay for the
+        // look: its next datagram goes out on a new port, a new flow.)
+        return Err(if tcp { Start::SlotTaken } else { Start::Other });
+    }
     let reply = slot.reply;
     let fresh = now.saturating_sub(slot.last_seen_ns) <= TCP_SYN_TIMEOUT_NS;
     // Its address may be any of the pool's (the slot was written for a
@@ -140,17 +154,19 @@ fn retake(
         && reply.src == backend.addr
         && reply.sport == backend.port
         && reply.dst != 0;
-    if !fresh || !ours || !slot.describes(&pkt.key) || FLOWS.get_ptr(&reply).is_some() {
-        return None;
+    if !fresh || !ours || FLOWS.get_ptr(&reply).is_some() {
+        return Err(Start::Other);
     }
-    let built = SCRATCH.get_ptr_mut(SCRATCH_BUILD)?;
+    let Some(built) = SCRATCH.get_ptr_mut(SCRATCH_BUILD) else { return Err(Start::Other) };
     // SAFETY: this CPU's scratch slot for entries being built, used at once.
     let built = unsafe { &mut *built };
     *built = FlowEntry::rewriting(&reply, &pkt.key.reversed(), service.id, backend.id, FLAG_REPLY, now);
     let flags = if tcp { BPF_ANY } else { BPF_NOEXIST };
-    HALF_OPEN.insert(&reply, &*built, u64::from(flags)).ok()?;
+    if HALF_OPEN.insert(&reply, &*built, u64::from(flags)).is_err() {
+        return Err(Start::Other);
+    }
     stats::reason(Reason::HalfOpenReclaimed);
-    Some((reply.dst, reply.dport))
+    Ok((reply.dst, reply.dport))
 }
 
 /// Fills `slot` for the client tuple `key` whose reply entry is keyed

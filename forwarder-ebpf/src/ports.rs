@@ -17,10 +17,15 @@ use forwarder_common::{
 };
 
 use crate::{
+    conntrack,
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD, SECRET, SNAT_POOL},
     nat::{SameClientClosed, claim, half_open_holds},
     stats,
 };
+
+/// The look for a connection's own pair stops at this many pairs that no
+/// connection holds (see [`Start::SlotTaken`]).
+const OWN_LOOK_FREE_PAIRS: u8 = 2;
 
 /// What the search needs, and what it found: the callback's context.
 #[repr(C)]
@@ -44,10 +49,36 @@ struct Search {
     port: u16,
     /// The half-open table refused an insertion.
     full: bool,
-    _pad1: u8,
+    /// Pairs no connection holds that the look for a connection's own
+    /// pair passed (see [`Start::SlotTaken`]).
+    free_passed: u8,
     /// The address claimed with `port` (last: fields are laid out so the
     /// compiler's merged loads stay aligned, as the verifier demands).
     claimed_addr: u32,
+}
+
+/// How the new connection starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With a SYN (whose timestamp value `tcp_ts` holds).
+    Syn,
+    /// With another packet: a UDP flow's first datagram, or a TCP packet
+    /// of a connection the tables lost.
+    Other,
+    /// With a TCP packet (not a SYN) of a half-open connection whose
+    /// `ORIGINS` slot a newer connection took (slots are shared by hash,
+    /// and a flood overwrites them fast): its pair is looked for first,
+    /// in the order the search tries them (counted as taken back). Not the
+    /// first free pair: one tried before its own may be free again, and
+    /// the node, which knows the connection by its own, would answer it on
+    /// another with a RST.
+    ///
+    /// The look stops at the second pair that no connection holds: the
+    /// connection's SYN found every pair before its own held, and in the
+    /// few milliseconds since, one of them may have been freed, two
+    /// seldom. So a packet of no connection (an ACK of a flood) costs a few
+    /// lookups where the table has room, not one per pair.
+    SlotTaken,
 }
 
 /// Claims a SNAT address and port for the new connection of the client
@@ -84,7 +115,7 @@ pub fn search(
     service: &ServiceEntry,
     backend: &Backend,
     hash: u32,
-    syn: bool,
+    start: Start,
     now: u64,
 ) -> Result<(u32, u16), Reason> {
     let mut search = Search {
@@ -98,12 +129,19 @@ pub fn search(
         hash,
         backend_port: backend.port,
         proto: original.proto,
-        syn,
+        syn: start == Start::Syn,
         port: 0,
         full: false,
-        _pad1: 0,
+        free_passed: 0,
         claimed_addr: 0,
     };
+    if start == Start::SlotTaken {
+        run(&mut search, SNAT_PORT_TRIES, try_own_pair);
+        if search.port != 0 {
+            stats::reason(Reason::HalfOpenReclaimed);
+            return Ok((search.claimed_addr, search.port));
+        }
+    }
     run(&mut search, SNAT_FREE_TRIES, try_free_pair);
     if search.port == 0 && !search.full {
         run(&mut search, SNAT_PORT_TRIES, try_any_pair);
@@ -146,6 +184,8 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Search`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
     let attempt = attempt as u32;
+    // (Not shared with `try_own_pair` through a function: that took this
+    // frame 8 bytes more stack, past the combined 512.)
     let port = wire_port(snat_port(search.secret, search.hash, attempt));
     let addr = pool_addr(search.hash, attempt).unwrap_or(search.snat_addr);
     let key = FlowKey::new(search.backend_addr, addr, search.backend_port, port, search.proto);
@@ -189,6 +229,36 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     0
+}
+
+/// One pair of the look for a connection's own pair (see
+/// [`Start::SlotTaken`]): the `bpf_loop` callback. 1 stops the loop.
+extern "C" fn try_own_pair(attempt: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `run` passes its `Search`.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    let attempt = attempt as u32;
+    let port = wire_port(snat_port(search.secret, search.hash, attempt));
+    let addr = pool_addr(search.hash, attempt).unwrap_or(search.snat_addr);
+    let key = &FlowKey::new(search.backend_addr, addr, search.backend_port, port, search.proto);
+    // SAFETY: a map value pointer from the lookup helper, read at once.
+    let Some(existing) = HALF_OPEN.get_ptr(key).map(|existing| unsafe { &*existing }) else {
+        if FLOWS.get_ptr(key).is_some() {
+            return 0;
+        }
+        search.free_passed += 1;
+        return i64::from(search.free_passed >= OWN_LOOK_FREE_PAIRS);
+    };
+    if !existing.pairs_with(&search.reply_to.reversed())
+        || conntrack::expired_alone(existing, search.proto, search.now)
+    {
+        return 0;
+    }
+    // Its pair is taken either way: no other pair is its.
+    if FLOWS.get_ptr(key).is_none() {
+        search.port = port;
+        search.claimed_addr = addr;
+    }
+    1
 }
 
 /// Takes the pair of the reply tuple `key` over for the new connection
