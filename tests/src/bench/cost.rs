@@ -60,14 +60,15 @@ pub fn service_file(mode: &str, services: u32, backends: u32) -> String {
     text
 }
 
-/// The template: a TCP ACK from the first client to the first VIP, 60 bytes.
-fn template() -> anyhow::Result<[u8; 64]> {
+/// The template: a TCP segment from the first client to the first VIP, 60
+/// bytes, a SYN (no options) or an ACK.
+fn template(syn: bool) -> anyhow::Result<[u8; 64]> {
     let mut frame = Vec::with_capacity(FRAME_LEN);
-    PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
+    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
         .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
-        .tcp(forwarder_common::bench::flow_source(0).0, 80, 1000, 64240)
-        .ack(5000)
-        .write(&mut frame, &[0u8; FRAME_LEN - 14 - 20 - 20])?;
+        .tcp(forwarder_common::bench::flow_source(0).0, 80, 1000, 64240);
+    let tcp = if syn { tcp.syn() } else { tcp.ack(5000) };
+    tcp.write(&mut frame, &[0u8; FRAME_LEN - 14 - 20 - 20])?;
     anyhow::ensure!(frame.len() == FRAME_LEN);
     let mut padded = [0u8; 64];
     padded[..FRAME_LEN].copy_from_slice(&frame);
@@ -82,6 +83,10 @@ pub struct Setup {
     pub backends: u32,
     /// Established flows cycled through; 0: a new flow every packet.
     pub flows: u32,
+    /// Whether every packet is a SYN, as a new connection starts; if not,
+    /// an ACK (established flows; for new flows, a packet of a connection
+    /// the tables do not know, as a flood of ACKs sends).
+    pub syn: bool,
     /// Packets per timed run.
     pub repeat: u32,
 }
@@ -137,7 +142,7 @@ impl Timer {
     /// Builds the network, loads the datapath, installs the services and
     /// opens the flows.
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
-        let Setup { mode, services, backends, flows, repeat } = setup;
+        let Setup { mode, services, backends, flows, syn, repeat } = setup;
         let ns = fixture::network(&nodes(backends))?;
         let (kernel, ingress) = ns.enter(|| -> anyhow::Result<(Kernel, u32)> {
             // Room for every flow of a run without evicting (new flows: the
@@ -159,7 +164,7 @@ impl Timer {
             let mut table = ServiceTable::new(capacity, Vec::new())?;
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
-            let config = GenConfig { frame: template()?, flows, vips: services };
+            let config = GenConfig { frame: template(syn)?, flows, vips: services };
             Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?
                 .set(0, config, 0)?;
             for name in ["bench_rewrite", "bench_lookup"] {

@@ -193,6 +193,7 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
         services,
         backends,
         flows,
+        syn: false,
         repeat: effort.established_repeat.max(flows),
     };
     let new_flow = |mode, services, backends| Setup {
@@ -200,13 +201,17 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
         services,
         backends,
         flows: 0,
+        syn: true,
         repeat: effort.new_flow_repeat,
     };
+    let lone_ack = |mode| Setup { syn: false, ..new_flow(mode, 1, 2) };
     let headline = [
         ("snat, established", established("snat", 1, 2, COST_FLOWS)),
         ("preserve, established", established("preserve", 1, 2, COST_FLOWS)),
-        ("snat, new flow", new_flow("snat", 1, 2)),
-        ("preserve, new flow", new_flow("preserve", 1, 2)),
+        ("snat, new flow (SYN)", new_flow("snat", 1, 2)),
+        ("preserve, new flow (SYN)", new_flow("preserve", 1, 2)),
+        ("snat, new flow from an ACK of no known connection", lone_ack("snat")),
+        ("preserve, new flow from an ACK of no known connection", lone_ack("preserve")),
     ];
     let scale_points: Vec<(&str, String, Setup, Option<Setup>)> = vec![
         ("services", "1".into(), established("snat", 1, 2, SCALE_FLOWS), Some(new_flow("snat", 1, 2))),
