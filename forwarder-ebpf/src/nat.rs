@@ -116,9 +116,9 @@ pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(),
 /// flow may be using it). Not for a SYN, which starts a connection afresh,
 /// nor a RST, nor when an established connection holds the port.
 ///
-/// Otherwise, how the SNAT search for a new pair is to start: for a TCP
-/// connection whose slot names a newer one, by looking for its own pair
-/// (`ports::Start::SlotTaken`).
+/// Otherwise (`Err`), how the SNAT search is to start: for an ACK that no
+/// slot describes, by looking for its connection's own pair
+/// (`ports::Start::NoSlot`).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -142,9 +142,10 @@ fn retake(
     // SAFETY: an `ORIGINS` value pointer, read at once.
     let slot = unsafe { &*slot };
     if !slot.describes(&pkt.key) {
-        // (Not looked for for UDP, where every new flow would pay for the
-        // look: its next datagram goes out on a new port, a new flow.)
-        return Err(if tcp { Start::SlotTaken } else { Start::Other });
+        // (Not for UDP, where every new flow would pay for the look: its
+        // next datagram takes the first free pair, to the node a new flow
+        // unless that is its old one.)
+        return Err(if tcp { Start::NoSlot } else { Start::Other });
     }
     let reply = slot.reply;
     let fresh = now.saturating_sub(slot.last_seen_ns) <= TCP_SYN_TIMEOUT_NS;

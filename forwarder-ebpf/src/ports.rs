@@ -2,9 +2,11 @@
 //! tries, as `bpf_loop` iterations.
 //!
 //! A plain loop is unrolled by the verifier, which walks its body once per
-//! port tried, in both passes: most of the program's verification budget,
+//! port tried, in every pass: most of the program's verification budget,
 //! and most of its stack. A `bpf_loop` callback is verified once, in a
-//! frame of its own; each pass has its own (see [`try_pair`]).
+//! frame of its own; each pass has its own: the look for a connection's
+//! own pair ([`try_own_pair`]), then the two passes of the search proper
+//! (see [`try_pair`]).
 
 use core::ffi::c_void;
 
@@ -24,7 +26,7 @@ use crate::{
 };
 
 /// The look for a connection's own pair stops at this many pairs that no
-/// connection holds (see [`Start::SlotTaken`]).
+/// connection holds (see [`Start::NoSlot`]).
 const OWN_LOOK_FREE_PAIRS: u8 = 2;
 
 /// What the search needs, and what it found: the callback's context.
@@ -50,7 +52,7 @@ struct Search {
     /// The half-open table refused an insertion.
     full: bool,
     /// Pairs no connection holds that the look for a connection's own
-    /// pair passed (see [`Start::SlotTaken`]).
+    /// pair passed (see [`Start::NoSlot`]).
     free_passed: u8,
     /// The address claimed with `port` (last: fields are laid out so the
     /// compiler's merged loads stay aligned, as the verifier demands).
@@ -62,23 +64,28 @@ struct Search {
 pub enum Start {
     /// With a SYN (whose timestamp value `tcp_ts` holds).
     Syn,
-    /// With another packet: a UDP flow's first datagram, or a TCP packet
-    /// of a connection the tables lost.
+    /// With another packet: a UDP datagram of no known flow, a TCP
+    /// segment without ACK or with RST, or an ACK whose slot names its
+    /// connection but whose pair `nat::retake` could not take back.
     Other,
-    /// With a TCP packet (not a SYN) of a half-open connection whose
-    /// `ORIGINS` slot a newer connection took (slots are shared by hash,
-    /// and a flood overwrites them fast): its pair is looked for first,
-    /// in the order the search tries them (counted as taken back). Not the
-    /// first free pair: one tried before its own may be free again, and
-    /// the node, which knows the connection by its own, would answer it on
-    /// another with a RST.
+    /// With a TCP segment with ACK, without SYN or RST, that no slot
+    /// describes: of a half-open connection whose `ORIGINS` slot a newer
+    /// connection took (slots are shared by hash, and a flood overwrites
+    /// them fast), or of no connection known (a flood's ACK, a connection
+    /// the tables lost). Its connection's pair, if it has one, is looked
+    /// for first, in the order the search tries them (counted as taken
+    /// back). Not the first free pair: one tried before its own may have
+    /// been freed since its SYN, and the node, which knows the connection
+    /// by its own pair, would answer the ACK on another with a RST.
     ///
-    /// The look stops at the second pair that no connection holds: the
-    /// connection's SYN found every pair before its own held, and in the
-    /// few milliseconds since, one of them may have been freed, two
-    /// seldom. So a packet of no connection (an ACK of a flood) costs a few
-    /// lookups where the table has room, not one per pair.
-    SlotTaken,
+    /// The look stops at the second pair that no connection holds, a
+    /// bound on what an ACK of no connection costs where the table has
+    /// room (in a full one it looks at every pair). Its SYN found every
+    /// pair before its own held; the look still finds its own if one of
+    /// them was freed since, not if two were, which the short time from
+    /// SYN to ACK makes rare but a table turning over fast (a flood) does
+    /// not rule out.
+    NoSlot,
 }
 
 /// Claims a SNAT address and port for the new connection of the client
@@ -135,7 +142,7 @@ pub fn search(
         free_passed: 0,
         claimed_addr: 0,
     };
-    if start == Start::SlotTaken {
+    if start == Start::NoSlot {
         run(&mut search, SNAT_PORT_TRIES, try_own_pair);
         if search.port != 0 {
             stats::reason(Reason::HalfOpenReclaimed);
@@ -185,7 +192,8 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
     let search = unsafe { &mut *ctx.cast::<Search>() };
     let attempt = attempt as u32;
     // (Not shared with `try_own_pair` through a function: that took this
-    // frame 8 bytes more stack, past the combined 512.)
+    // callback's frame from 80 to 88 bytes, and with the program's 424
+    // past the 512 of a call chain.)
     let port = wire_port(snat_port(search.secret, search.hash, attempt));
     let addr = pool_addr(search.hash, attempt).unwrap_or(search.snat_addr);
     let key = FlowKey::new(search.backend_addr, addr, search.backend_port, port, search.proto);
@@ -232,11 +240,12 @@ fn try_pair<const SECOND: bool>(attempt: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// One pair of the look for a connection's own pair (see
-/// [`Start::SlotTaken`]): the `bpf_loop` callback. 1 stops the loop.
+/// [`Start::NoSlot`]): the `bpf_loop` callback. 1 stops the loop.
 extern "C" fn try_own_pair(attempt: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `run` passes its `Search`.
     let search = unsafe { &mut *ctx.cast::<Search>() };
     let attempt = attempt as u32;
+    // The pair `try_pair` tries at `attempt` (see there).
     let port = wire_port(snat_port(search.secret, search.hash, attempt));
     let addr = pool_addr(search.hash, attempt).unwrap_or(search.snat_addr);
     let key = &FlowKey::new(search.backend_addr, addr, search.backend_port, port, search.proto);
@@ -248,13 +257,12 @@ extern "C" fn try_own_pair(attempt: u64, ctx: *mut c_void) -> i64 {
         search.free_passed += 1;
         return i64::from(search.free_passed >= OWN_LOOK_FREE_PAIRS);
     };
-    if !existing.pairs_with(&search.reply_to.reversed())
-        || conntrack::expired_alone(existing, search.proto, search.now)
-    {
+    if !existing.pairs_with(&search.reply_to.reversed()) {
         return 0;
     }
-    // Its pair is taken either way: no other pair is its.
-    if FLOWS.get_ptr(key).is_none() {
+    // Its own pair: no other is. Not taken if expired (the search then
+    // takes it as a free one) or if an established connection holds it.
+    if !conntrack::expired_alone(existing, search.proto, search.now) && FLOWS.get_ptr(key).is_none() {
         search.port = port;
         search.claimed_addr = addr;
     }
