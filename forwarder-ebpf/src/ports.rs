@@ -94,6 +94,10 @@ pub enum Start {
 /// is the backend's SNAT address, or one of the pool's (see
 /// `forwarder_common::snat::snat_pool_index`).
 ///
+/// A connection that starts with an ACK no slot describes first looks for
+/// a pair of its own among all `SNAT_PORT_TRIES` (see [`Start::NoSlot`]);
+/// if it has none, it searches as any other.
+///
 /// The first `SNAT_FREE_TRIES` pairs are tried for a free one. If all are
 /// held, the first pair of all `SNAT_PORT_TRIES` that is free, held by a
 /// closed connection of the same client, or held by a half-open
