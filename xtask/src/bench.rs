@@ -20,22 +20,35 @@ pub struct Bench {
     /// Where the results go [default: tests/bench-results].
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Instead of the benchmark: time only this mode's new-flow cost, again
+    /// and again for `--seconds`, for a profiler to attach to (e.g.
+    /// `perf record -a -g -- sleep 10` meanwhile); writes no report.
+    #[arg(long, value_parser = ["snat", "preserve"], conflicts_with_all = ["quick", "only", "out"])]
+    hold: Option<String>,
+    /// How long `--hold` times.
+    #[arg(long, default_value_t = 30, requires = "hold")]
+    seconds: u64,
 }
 
 impl Bench {
     pub fn execute(self) -> anyhow::Result<()> {
-        let Self { quick, only, out } = self;
-        setup::ensure_bench_tools()?;
-        let binary = build::for_lab()?;
+        let Self { quick, only, out, hold, seconds } = self;
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = cmd::as_root(cargo);
+        command.current_dir(cmd::workspace_root());
+        if hold.is_none() {
+            // `--hold` needs neither the tools compared with nor the daemon.
+            setup::ensure_bench_tools()?;
+            command.env("FORWARDER_BIN", build::for_lab()?);
+        }
         command
-            .current_dir(cmd::workspace_root())
-            .env("FORWARDER_BIN", binary)
             .args(["run", "--quiet", "--release", "--package", "forwarder-tests", "--bin", "bench", "--"])
             .args(quick.then_some("--quick"));
         for part in only {
             command.args(["--only", &part]);
+        }
+        if let Some(mode) = hold {
+            command.args(["--hold", &mode, "--seconds", &seconds.to_string()]);
         }
         if let Some(out) = out {
             command.arg("--out").arg(std::path::absolute(out)?);

@@ -11,7 +11,10 @@
 //! time per run; each figure is the median of several such means, taken
 //! in rounds across every setup so that a noisy moment hits all alike.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::{TestRun as _, TestRunOptions, maps::Array, programs::Xdp};
@@ -251,4 +254,18 @@ pub fn time_all(setups: &[Setup], rounds: u32) -> anyhow::Result<Vec<(Setup, Cos
         }
     }
     Ok(timers.iter().map(|t| (t.setup, t.cost())).collect())
+}
+
+/// Times `setup` again and again for `duration` (at least one round), so
+/// that a profiler attached meanwhile (`perf record -a -g`) sees its
+/// program alone; returns the cost and the rounds timed.
+pub fn hold(setup: Setup, duration: Duration) -> anyhow::Result<(Cost, u32)> {
+    let mut timer = Timer::new(setup).with_context(|| format!("preparing {setup:?}"))?;
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds == 0 || started.elapsed() < duration {
+        timer.sample().with_context(|| format!("timing {setup:?}"))?;
+        rounds += 1;
+    }
+    Ok((timer.cost(), rounds))
 }

@@ -3,6 +3,10 @@
 //! Usage: `bench [--quick] [--only PART]... [--out DIR]` (as root; `FORWARDER_BIN` names
 //! the daemon binary for the HTTP cases). The report goes to
 //! `tests/bench-results/` unless `--out` says otherwise.
+//!
+//! `bench --hold MODE [--seconds N]` times only the new-flow cost of `MODE`
+//! (snat, preserve), again and again for N seconds (30 by default), for a
+//! profiler to attach to; it writes no report.
 
 use std::path::PathBuf;
 
@@ -16,6 +20,8 @@ fn main() -> anyhow::Result<()> {
         only: Vec::new(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-results"),
     };
+    let mut hold = None;
+    let mut seconds = 30;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -28,8 +34,20 @@ fn main() -> anyhow::Result<()> {
                 config.only.push(part);
             }
             "--out" => config.out = args.next().context("--out needs a directory")?.into(),
-            other => bail!("unknown argument {other:?}; usage: bench [--quick] [--only PART]... [--out DIR]"),
+            "--hold" => hold = Some(args.next().context("--hold needs a mode: snat, preserve")?),
+            "--seconds" => {
+                let value = args.next().context("--seconds needs a number")?;
+                seconds =
+                    value.parse().with_context(|| format!("--seconds {value:?}: not a whole number"))?;
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: bench [--quick] [--only PART]... [--out DIR] \
+                 | bench --hold MODE [--seconds N]"
+            ),
         }
+    }
+    if let Some(mode) = hold {
+        return bench::hold_new_flow(&mode, std::time::Duration::from_secs(seconds));
     }
     let started = std::time::Instant::now();
     let report = bench::run(&config)?;
