@@ -5,12 +5,18 @@
 /// classic 64-byte packet less its FCS.
 pub const FRAME_LEN: usize = 60;
 
+/// Length of a frame carrying a SYN with the options Linux sends (MSS,
+/// SACK permitted, timestamps, window scale: 20 bytes), and no payload.
+/// Generated where the run's buffer is this long.
+pub const SYN_FRAME_LEN: usize = 14 + 20 + 20 + 20;
+
 /// `GEN` value: what the generator writes into every frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenConfig {
-    /// The frame for flow 0, checksums valid.
-    pub frame: [u8; 64],
+    /// The frame for flow 0, checksums valid: its first `FRAME_LEN`
+    /// bytes, or `SYN_FRAME_LEN` where the run's buffer is that long.
+    pub frame: [u8; 80],
     /// Distinct flows to cycle through; 0 makes every packet a new flow.
     pub flows: u32,
     /// Flow `i` goes to the frame's destination address plus `i % vips`

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use forwarder_common::{
-    bench::{BounceConfig, FRAME_LEN, GenConfig, flow_source},
+    bench::{BounceConfig, FRAME_LEN, GenConfig, SYN_FRAME_LEN, flow_source},
     csum,
     maps::PROTO_TCP,
 };
@@ -100,6 +100,12 @@ fn write_frame_at(data: usize, end: usize) -> bool {
     unsafe {
         let p = data as *mut u8;
         core::ptr::copy_nonoverlapping(config.frame.as_ptr(), p, FRAME_LEN);
+        if data + SYN_FRAME_LEN <= end {
+            // The rest of a SYN's options (ahead of the fields rewritten
+            // below: only addresses, port and checksums change).
+            let tail = SYN_FRAME_LEN - FRAME_LEN;
+            core::ptr::copy_nonoverlapping(config.frame.as_ptr().add(FRAME_LEN), p.add(FRAME_LEN), tail);
+        }
         let old_addr = read32(p, IP_SRC);
         let new_addr = (u32::from_be(old_addr) + addr_offset).to_be();
         let old_dst = read32(p, IP_DST);

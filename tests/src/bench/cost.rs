@@ -18,13 +18,13 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{TestRun as _, TestRunOptions, maps::Array, programs::Xdp};
-use etherparse::PacketBuilder;
+use etherparse::{PacketBuilder, TcpOptionElement};
 use forwarder::{
     config::ServiceFile,
     kernel::{BENCH_FORWARD, Capacity, Kernel},
     state::ServiceTable,
 };
-use forwarder_common::bench::{FRAME_LEN, GenConfig};
+use forwarder_common::bench::{FRAME_LEN, GenConfig, SYN_FRAME_LEN};
 
 use super::median;
 use crate::{fixture, netns::Netns};
@@ -63,18 +63,56 @@ pub fn service_file(mode: &str, services: u32, backends: u32) -> String {
     text
 }
 
-/// The template: a TCP segment from the first client to the first VIP, 60
-/// bytes, a SYN (no options) or an ACK.
-fn template(syn: bool) -> anyhow::Result<[u8; 64]> {
-    let mut frame = Vec::with_capacity(FRAME_LEN);
+/// The TCP segment every packet of a setup is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// An ACK: of an established flow or, for new flows, of a connection
+    /// the tables do not know (as a flood of ACKs sends).
+    Ack,
+    /// A SYN without options, as connections start in the rows timed
+    /// before the next one was.
+    Syn,
+    /// A SYN with the options Linux sends (MSS, SACK permitted, timestamps,
+    /// window scale), which the datapath reads for the timestamp.
+    LinuxSyn,
+}
+
+impl Segment {
+    /// The frame's length.
+    fn frame_len(self) -> usize {
+        match self {
+            Self::Ack | Self::Syn => FRAME_LEN,
+            Self::LinuxSyn => SYN_FRAME_LEN,
+        }
+    }
+}
+
+/// The template: a TCP segment from the first client to the first VIP,
+/// with a payload of zeros where its headers are shorter than 60 bytes.
+fn template(segment: Segment) -> anyhow::Result<[u8; 80]> {
+    let mut frame = Vec::with_capacity(SYN_FRAME_LEN);
     let tcp = PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
         .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
         .tcp(forwarder_common::bench::flow_source(0).0, 80, 1000, 64240);
-    let tcp = if syn { tcp.syn() } else { tcp.ack(5000) };
-    tcp.write(&mut frame, &[0u8; FRAME_LEN - 14 - 20 - 20])?;
-    anyhow::ensure!(frame.len() == FRAME_LEN);
-    let mut padded = [0u8; 64];
-    padded[..FRAME_LEN].copy_from_slice(&frame);
+    let tcp = match segment {
+        Segment::Ack => tcp.ack(5000),
+        Segment::Syn => tcp.syn(),
+        Segment::LinuxSyn => tcp
+            .syn()
+            .options(&[
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+                TcpOptionElement::Timestamp(0x1234_5678, 0),
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(7),
+            ])
+            .context("SYN options")?,
+    };
+    let headers = tcp.size(0);
+    tcp.write(&mut frame, &vec![0u8; FRAME_LEN.saturating_sub(headers)])?;
+    anyhow::ensure!(frame.len() == segment.frame_len(), "a {segment:?} frame of {} bytes", frame.len());
+    let mut padded = [0u8; 80];
+    padded[..frame.len()].copy_from_slice(&frame);
     Ok(padded)
 }
 
@@ -86,10 +124,8 @@ pub struct Setup {
     pub backends: u32,
     /// Established flows cycled through; 0: a new flow every packet.
     pub flows: u32,
-    /// Whether every packet is a SYN, as a new connection starts; if not,
-    /// an ACK (established flows; for new flows, a packet of a connection
-    /// the tables do not know, as a flood of ACKs sends).
-    pub syn: bool,
+    /// What every packet is.
+    pub segment: Segment,
     /// Packets per timed run.
     pub repeat: u32,
 }
@@ -127,25 +163,34 @@ fn program<'a>(kernel: &'a mut Kernel, name: &str) -> anyhow::Result<&'a mut Xdp
     Ok(kernel.object_mut().program_mut(name).context("bench program")?.try_into()?)
 }
 
-fn run(program: &Xdp, ingress: u32, repeat: u32) -> anyhow::Result<(u32, f64)> {
-    let frame = [0u8; FRAME_LEN]; // rewritten by the program before use
+/// Runs `program` `repeat` times on a frame of `len` bytes (which the
+/// bench programs write from the template): its verdict and nanoseconds
+/// per run.
+fn run(program: &Xdp, ingress: u32, len: usize, repeat: u32) -> anyhow::Result<(u32, f64)> {
+    run_on(program, ingress, len, repeat).map(|(verdict, ns, _)| (verdict, ns))
+}
+
+/// [`run`], and the frame as the last run left it.
+fn run_on(program: &Xdp, ingress: u32, len: usize, repeat: u32) -> anyhow::Result<(u32, f64, Vec<u8>)> {
+    let frame = vec![0u8; len]; // rewritten by the program before use
     // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
-    let ctx: Vec<u8> = [0, FRAME_LEN as u32, 0, ingress, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let mut out = [0u8; FRAME_LEN + 64];
+    let ctx: Vec<u8> = [0, len as u32, 0, ingress, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut out = vec![0u8; len + 64];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(&frame);
     opts.data_out = Some(&mut out);
     opts.ctx_in = Some(&ctx);
     opts.repeat = repeat;
     let result = program.test_run(opts)?;
-    Ok((result.return_value, result.duration.as_nanos() as f64))
+    out.truncate(len);
+    Ok((result.return_value, result.duration.as_nanos() as f64, out))
 }
 
 impl Timer {
     /// Builds the network, loads the datapath, installs the services and
     /// opens the flows.
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
-        let Setup { mode, services, backends, flows, syn, repeat } = setup;
+        let Setup { mode, services, backends, flows, segment, repeat } = setup;
         let ns = fixture::network(&nodes(backends))?;
         let (kernel, ingress) = ns.enter(|| -> anyhow::Result<(Kernel, u32)> {
             // Room for every flow of a run without evicting (new flows: the
@@ -167,7 +212,8 @@ impl Timer {
             let mut table = ServiceTable::new(capacity, Vec::new())?;
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
-            let config = GenConfig { frame: template(syn)?, flows, vips: services };
+            let frame = template(segment)?;
+            let config = GenConfig { frame, flows, vips: services };
             Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?
                 .set(0, config, 0)?;
             for name in ["bench_rewrite", "bench_lookup"] {
@@ -175,6 +221,14 @@ impl Timer {
                 program.load()?;
             }
             let ingress = forwarder::kernel::ifindex("cl")?;
+            // The frame timed is the template's, options included (the
+            // rewrite changes only addresses, the port and checksums).
+            let len = segment.frame_len();
+            let (_, _, written) = run_on(program(&mut kernel, "bench_rewrite")?, ingress, len, 1)?;
+            anyhow::ensure!(
+                written[54..] == frame[54..len],
+                "the frame written lacks the template's TCP options"
+            );
             if flows > 0 {
                 // Opened from one CPU (the generator's flow sequence is per
                 // CPU), in runs that half its share of the half-open table
@@ -184,7 +238,7 @@ impl Timer {
                 let mut opened = 0;
                 while opened < flows {
                     let now = run_len.min(flows - opened);
-                    let (verdict, _) = run(kernel.xdp(), ingress, now)?;
+                    let (verdict, _) = run(kernel.xdp(), ingress, segment.frame_len(), now)?;
                     anyhow::ensure!(verdict == XDP_REDIRECT, "verdict {verdict} opening {flows} flows");
                     super::establish_all(&mut kernel.maps)?;
                     opened += now;
@@ -199,7 +253,8 @@ impl Timer {
     /// test run's ingress interface, and routes, in the caller's).
     pub fn sample(&mut self) -> anyhow::Result<()> {
         let Self { setup, kernel, network, ingress, samples } = self;
-        let Setup { flows, repeat, .. } = *setup;
+        let Setup { flows, segment, repeat, .. } = *setup;
+        let len = segment.frame_len();
         let ingress = *ingress;
         let sample = network.enter(|| -> anyhow::Result<Sample> {
             if flows > 0 {
@@ -208,11 +263,11 @@ impl Timer {
                 // one idle since the previous round: a packet of an idle
                 // flow also refreshes its timestamp, and after 10 s reads
                 // the other direction's entry.
-                run(kernel.xdp(), ingress, flows)?;
+                run(kernel.xdp(), ingress, len, flows)?;
             }
-            let (verdict, forward) = run(kernel.xdp(), ingress, repeat)?;
+            let (verdict, forward) = run(kernel.xdp(), ingress, len, repeat)?;
             anyhow::ensure!(verdict == XDP_REDIRECT, "forwarder verdict {verdict}");
-            let rewrite = run(program(kernel, "bench_rewrite")?, ingress, repeat)?.1;
+            let rewrite = run(program(kernel, "bench_rewrite")?, ingress, len, repeat)?.1;
             if flows == 0 {
                 // Every packet was a new flow: start the next round empty.
                 let keys: Vec<_> = kernel.maps.half_open.keys().filter_map(Result::ok).collect();
@@ -221,7 +276,7 @@ impl Timer {
                 }
                 return Ok(Sample { forward, rewrite, lookup: None });
             }
-            let (verdict, lookup) = run(program(kernel, "bench_lookup")?, ingress, repeat)?;
+            let (verdict, lookup) = run(program(kernel, "bench_lookup")?, ingress, len, repeat)?;
             anyhow::ensure!(verdict == XDP_PASS, "lookup verdict {verdict}: flow missing");
             Ok(Sample { forward, rewrite, lookup: Some(lookup) })
         })?;

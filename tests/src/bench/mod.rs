@@ -18,7 +18,7 @@ pub mod rig;
 use std::{path::PathBuf, time::Duration};
 
 use self::{
-    cost::Setup,
+    cost::{Segment, Setup},
     http::{HttpBench, HttpPath},
     pps::Case,
     report::{CostRow, HttpRow, RateRow, Report, ScaleRow},
@@ -142,7 +142,7 @@ pub fn hold_new_flow(mode: &str, duration: Duration) -> anyhow::Result<()> {
         other => anyhow::bail!("unknown mode {other:?}; modes: snat, preserve"),
     };
     let repeat = Config { quick: false, only: Vec::new(), out: PathBuf::new() }.effort().new_flow_repeat;
-    let setup = Setup { mode, services: 1, backends: 2, flows: 0, syn: true, repeat };
+    let setup = Setup { mode, services: 1, backends: 2, flows: 0, segment: Segment::Syn, repeat };
     eprintln!("bench: timing {mode} new flows for {duration:?}; the program is `bench_forward`");
     let (cost, rounds) = cost::hold(setup, duration)?;
     println!("{mode}, new flow (SYN): {:.0} ns per packet (median of {rounds} rounds)", cost.ns);
@@ -212,7 +212,7 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
         services,
         backends,
         flows,
-        syn: false,
+        segment: Segment::Ack,
         repeat: effort.established_repeat.max(flows),
     };
     let new_flow = |mode, services, backends| Setup {
@@ -220,15 +220,18 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
         services,
         backends,
         flows: 0,
-        syn: true,
+        segment: Segment::Syn,
         repeat: effort.new_flow_repeat,
     };
-    let lone_ack = |mode| Setup { syn: false, ..new_flow(mode, 1, 2) };
+    let lone_ack = |mode| Setup { segment: Segment::Ack, ..new_flow(mode, 1, 2) };
+    let linux_syn = |mode| Setup { segment: Segment::LinuxSyn, ..new_flow(mode, 1, 2) };
     let headline = [
         ("snat, established", established("snat", 1, 2, COST_FLOWS)),
         ("preserve, established", established("preserve", 1, 2, COST_FLOWS)),
         ("snat, new flow (SYN)", new_flow("snat", 1, 2)),
         ("preserve, new flow (SYN)", new_flow("preserve", 1, 2)),
+        ("snat, new flow (SYN with Linux's options)", linux_syn("snat")),
+        ("preserve, new flow (SYN with Linux's options)", linux_syn("preserve")),
         ("snat, new flow from an ACK of no known connection", lone_ack("snat")),
         ("preserve, new flow from an ACK of no known connection", lone_ack("preserve")),
     ];
