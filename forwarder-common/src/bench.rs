@@ -7,16 +7,19 @@ pub const FRAME_LEN: usize = 60;
 
 /// Length of a frame carrying a SYN with the options Linux sends (MSS,
 /// SACK permitted, timestamps, window scale: 20 bytes), and no payload.
-/// Generated where the run's buffer is this long.
+/// Generated where the run's buffer is at least this long.
 pub const SYN_FRAME_LEN: usize = 14 + 20 + 20 + 20;
+
+/// Room for the longest template: `SYN_FRAME_LEN` rounded up to 8 bytes.
+pub const TEMPLATE_LEN: usize = SYN_FRAME_LEN.next_multiple_of(8);
 
 /// `GEN` value: what the generator writes into every frame.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenConfig {
     /// The frame for flow 0, checksums valid: its first `FRAME_LEN`
-    /// bytes, or `SYN_FRAME_LEN` where the run's buffer is that long.
-    pub frame: [u8; 80],
+    /// bytes, or `SYN_FRAME_LEN` where the run's buffer is at least that long.
+    pub frame: [u8; TEMPLATE_LEN],
     /// Distinct flows to cycle through; 0 makes every packet a new flow.
     pub flows: u32,
     /// Flow `i` goes to the frame's destination address plus `i % vips`

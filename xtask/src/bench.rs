@@ -22,7 +22,8 @@ pub struct Bench {
     out: Option<std::path::PathBuf>,
     /// Instead of the benchmark: time only this mode's new-flow cost, again
     /// and again for `--seconds`, for a profiler to attach to (e.g.
-    /// `perf record -a -g -- sleep 10` meanwhile); writes no report.
+    /// `perf record -a -g -- sleep 10` once it says it is timing); writes no
+    /// report.
     #[arg(long, value_parser = ["snat", "preserve"], conflicts_with_all = ["quick", "only", "out"])]
     hold: Option<String>,
     /// How long `--hold` times.
@@ -37,9 +38,12 @@ impl Bench {
         let mut command = cmd::as_root(cargo);
         command.current_dir(cmd::workspace_root());
         if hold.is_none() {
-            // `--hold` needs neither the tools compared with nor the daemon.
             setup::ensure_bench_tools()?;
             command.env("FORWARDER_BIN", build::for_lab()?);
+        } else {
+            // Neither the tools compared with nor the lab's: only the
+            // toolchain, and the build as this user.
+            build::release()?;
         }
         command
             .args(["run", "--quiet", "--release", "--package", "forwarder-tests", "--bin", "bench", "--"])

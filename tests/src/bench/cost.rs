@@ -24,7 +24,7 @@ use forwarder::{
     kernel::{BENCH_FORWARD, Capacity, Kernel},
     state::ServiceTable,
 };
-use forwarder_common::bench::{FRAME_LEN, GenConfig, SYN_FRAME_LEN};
+use forwarder_common::bench::{FRAME_LEN, GenConfig, SYN_FRAME_LEN, TEMPLATE_LEN};
 
 use super::median;
 use crate::{fixture, netns::Netns};
@@ -69,8 +69,8 @@ pub enum Segment {
     /// An ACK: of an established flow or, for new flows, of a connection
     /// the tables do not know (as a flood of ACKs sends).
     Ack,
-    /// A SYN without options, as connections start in the rows timed
-    /// before the next one was.
+    /// A SYN without options, 60 bytes with 6 zero payload bytes: the
+    /// "new flow (SYN)" rows.
     Syn,
     /// A SYN with the options Linux sends (MSS, SACK permitted, timestamps,
     /// window scale), which the datapath reads for the timestamp.
@@ -89,7 +89,7 @@ impl Segment {
 
 /// The template: a TCP segment from the first client to the first VIP,
 /// with a payload of zeros where its headers are shorter than 60 bytes.
-fn template(segment: Segment) -> anyhow::Result<[u8; 80]> {
+fn template(segment: Segment) -> anyhow::Result<[u8; TEMPLATE_LEN]> {
     let mut frame = Vec::with_capacity(SYN_FRAME_LEN);
     let tcp = PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
         .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
@@ -111,7 +111,7 @@ fn template(segment: Segment) -> anyhow::Result<[u8; 80]> {
     let headers = tcp.size(0);
     tcp.write(&mut frame, &vec![0u8; FRAME_LEN.saturating_sub(headers)])?;
     anyhow::ensure!(frame.len() == segment.frame_len(), "a {segment:?} frame of {} bytes", frame.len());
-    let mut padded = [0u8; 80];
+    let mut padded = [0u8; TEMPLATE_LEN];
     padded[..frame.len()].copy_from_slice(&frame);
     Ok(padded)
 }
@@ -224,10 +224,11 @@ impl Timer {
             // The frame timed is the template's, options included (the
             // rewrite changes only addresses, the port and checksums).
             let len = segment.frame_len();
-            let (_, _, written) = run_on(program(&mut kernel, "bench_rewrite")?, ingress, len, 1)?;
+            let (verdict, _, written) = run_on(program(&mut kernel, "bench_rewrite")?, ingress, len, 1)?;
+            anyhow::ensure!(verdict == XDP_PASS, "rewrite verdict {verdict}: the frame was not written");
             anyhow::ensure!(
                 written[54..] == frame[54..len],
-                "the frame written lacks the template's TCP options"
+                "the frame written differs from the template after the TCP header"
             );
             if flows > 0 {
                 // Opened from one CPU (the generator's flow sequence is per
@@ -311,9 +312,12 @@ pub fn time_all(setups: &[Setup], rounds: u32) -> anyhow::Result<Vec<(Setup, Cos
     Ok(timers.iter().map(|t| (t.setup, t.cost())).collect())
 }
 
-/// Times `setup` again and again for `duration` (at least one round), so
-/// that a profiler attached meanwhile (`perf record -a -g`) sees its
-/// program alone; returns the cost and the rounds timed.
+/// Times `setup` again and again for `duration` (at least one round), for
+/// a profiler attached meanwhile (`perf record -a -g`); returns the cost
+/// and the rounds timed. Each round also runs the frame rewrite alone and,
+/// for new flows, empties the half-open table from user space (a syscall
+/// per entry, through the kernel's LRU code too): a profile is to be read
+/// for the call chains under the program, `bpf_prog_*_bench_forward`.
 pub fn hold(setup: Setup, duration: Duration) -> anyhow::Result<(Cost, u32)> {
     let mut timer = Timer::new(setup).with_context(|| format!("preparing {setup:?}"))?;
     let started = Instant::now();

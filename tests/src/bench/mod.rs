@@ -72,7 +72,7 @@ impl Config {
             Effort {
                 cost_rounds: 15,
                 established_repeat: 1_000_000,
-                new_flow_repeat: 20_000,
+                new_flow_repeat: NEW_FLOW_REPEAT,
                 control_rounds: 5,
                 pps_rounds: 5,
                 pps_warmup: Duration::from_millis(300),
@@ -130,19 +130,23 @@ pub const PARTS: [&str; 5] = ["cost", "control", "pps", "http", "churn"];
 /// of every closed connection's port allowed (31,744 / 10 s).
 const CHURN_RATE: u32 = 4_000;
 
+/// Packets per timed run of the full benchmark's new-flow rows.
+const NEW_FLOW_REPEAT: u32 = 20_000;
+
 /// `bench --hold MODE`: the new-flow cost row of `mode` ("snat" or
 /// "preserve": one service, two backends, every packet the SYN of a new
 /// connection) timed again and again for `duration`, for a profiler to
 /// attach to; prints its cost. The report's rows say what a new flow
-/// costs; a profile of this says where the time goes.
+/// costs; a profile of this says where the time goes (see
+/// [`cost::hold`] for what else runs meanwhile).
 pub fn hold_new_flow(mode: &str, duration: Duration) -> anyhow::Result<()> {
     let mode = match mode {
         "snat" => "snat",
         "preserve" => "preserve",
         other => anyhow::bail!("unknown mode {other:?}; modes: snat, preserve"),
     };
-    let repeat = Config { quick: false, only: Vec::new(), out: PathBuf::new() }.effort().new_flow_repeat;
-    let setup = Setup { mode, services: 1, backends: 2, flows: 0, segment: Segment::Syn, repeat };
+    let setup =
+        Setup { mode, services: 1, backends: 2, flows: 0, segment: Segment::Syn, repeat: NEW_FLOW_REPEAT };
     eprintln!("bench: timing {mode} new flows for {duration:?}; the program is `bench_forward`");
     let (cost, rounds) = cost::hold(setup, duration)?;
     println!("{mode}, new flow (SYN): {:.0} ns per packet (median of {rounds} rounds)", cost.ns);

@@ -31,7 +31,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use forwarder::kernel::BENCH_OBJECT;
-use forwarder_common::bench::{FRAME_LEN, GenConfig};
+use forwarder_common::bench::{FRAME_LEN, GenConfig, TEMPLATE_LEN};
 
 use crate::netns::{Netns, unique_name};
 
@@ -191,7 +191,7 @@ impl Rig {
     /// new flow on every packet).
     pub fn set_flows(&mut self, flows: u32) -> anyhow::Result<()> {
         let frame = self.frame()?;
-        let mut config = GenConfig { frame: [0; 80], flows, vips: 1 };
+        let mut config = GenConfig { frame: [0; TEMPLATE_LEN], flows, vips: 1 };
         config.frame[..FRAME_LEN].copy_from_slice(&frame);
         let mut map = Array::<_, GenConfig>::try_from(self.generator.map_mut("GEN").context("GEN")?)?;
         map.set(0, config, 0)?;

@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut hold = None;
     let mut seconds = 30;
+    let (mut out_given, mut seconds_given) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -33,12 +34,16 @@ fn main() -> anyhow::Result<()> {
                 }
                 config.only.push(part);
             }
-            "--out" => config.out = args.next().context("--out needs a directory")?.into(),
+            "--out" => {
+                config.out = args.next().context("--out needs a directory")?.into();
+                out_given = true;
+            }
             "--hold" => hold = Some(args.next().context("--hold needs a mode: snat, preserve")?),
             "--seconds" => {
                 let value = args.next().context("--seconds needs a number")?;
                 seconds =
                     value.parse().with_context(|| format!("--seconds {value:?}: not a whole number"))?;
+                seconds_given = true;
             }
             other => bail!(
                 "unknown argument {other:?}; usage: bench [--quick] [--only PART]... [--out DIR] \
@@ -47,7 +52,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(mode) = hold {
+        if config.quick || !config.only.is_empty() || out_given {
+            bail!("--hold times one row and writes no report: no --quick, --only or --out with it");
+        }
         return bench::hold_new_flow(&mode, std::time::Duration::from_secs(seconds));
+    }
+    if seconds_given {
+        bail!("--seconds is how long --hold times");
     }
     let started = std::time::Instant::now();
     let report = bench::run(&config)?;
