@@ -103,6 +103,10 @@ pub const fn answered(proto: u8, from_node: bool, packet: u8, original: u8, repl
 pub const FLAG_REPLY: u8 = 1 << 0;
 /// Entry flag: the connection's source is translated (snat mode).
 pub const FLAG_SNAT: u8 = 1 << 1;
+/// `ORIGINS` slot flag, never an entry's: a SYN or UDP datagram to a
+/// preserve-mode service was forwarded with no state but this slot, which
+/// waits for the node's answer (see `origin::Origin::awaits`).
+pub const FLAG_PENDING: u8 = 1 << 2;
 
 const SECOND: u64 = 1_000_000_000;
 /// UDP: idle time after which a flow is forgotten.

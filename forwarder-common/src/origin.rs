@@ -19,8 +19,19 @@
 //! by any CPU: a reader trusts one only if its key is the packet's, its
 //! check matches its contents (so a slot torn by two writers is not used)
 //! and the reply entry it names translates back to that key.
+//!
+//! A SYN to a preserve-mode service, or a datagram of a UDP flow no node
+//! has answered, makes no entry at all: it is forwarded on its Maglev
+//! pick, and its slot, indexed by the hash of the *reply* tuple and marked
+//! `FLAG_PENDING`, is all that is kept. The node's answer finds it by its
+//! own tuple ([`Origin::awaits`]) and only then makes the connection (its
+//! reply entry, and a slot of its client tuple as above). So a flood of
+//! spoofed SYNs costs one slot write each and takes no entry from any
+//! table; connections are made for what a node answered. (Not in snat
+//! mode: a SNAT port must be claimed before the SYN leaves.)
 
 use crate::{
+    conntrack::FLAG_PENDING,
     hash::mix64,
     maps::{FlowEntry, FlowKey, NextHop},
 };
@@ -109,11 +120,26 @@ impl Origin {
         (sum >> 32) as u32
     }
 
-    /// Whether this slot is whole and describes the client tuple `key`.
+    /// Whether this slot is whole and describes the client tuple `key`
+    /// of a half-open connection (not a SYN waiting for its answer).
     #[inline(always)]
     #[must_use]
     pub fn describes(&self, key: &FlowKey) -> bool {
-        self.key == *key && self.check == Self::check_of(&self.key, &self.reply, &self.hop)
+        self.key == *key && self.flags & FLAG_PENDING == 0 && self.whole()
+    }
+
+    /// Whether this slot is whole and is that of a SYN forwarded without
+    /// state, whose node answers with the tuple `reply` (see the module's
+    /// documentation).
+    #[inline(always)]
+    #[must_use]
+    pub fn awaits(&self, reply: &FlowKey) -> bool {
+        self.reply == *reply && self.flags & FLAG_PENDING != 0 && self.whole()
+    }
+
+    #[inline(always)]
+    fn whole(&self) -> bool {
+        self.check == Self::check_of(&self.key, &self.reply, &self.hop)
     }
 
     /// Records `hop`, looked up for a packet of IPv4 length `len`, in the
@@ -202,6 +228,23 @@ mod tests {
         let mut torn = slot;
         torn.reply.sport ^= 1;
         assert!(!torn.describes(&client), "half of another writer's reply key");
+    }
+
+    #[test]
+    fn a_pending_slot_is_found_by_its_answer_only() {
+        let (client, reply_key, _) = pair();
+        let pending = Origin::new(client, reply_key, FLAG_PENDING, SEEN_PACKET | SEEN_SYN, 1);
+        assert!(pending.awaits(&reply_key));
+        assert!(!pending.describes(&client), "no half-open connection for the client's packets");
+        assert!(!pending.awaits(&client));
+        let mut other = reply_key;
+        other.dport ^= 1;
+        assert!(!pending.awaits(&other), "another client port");
+        let made = Origin::new(client, reply_key, 0, SEEN_PACKET | SEEN_SYN, 1);
+        assert!(!made.awaits(&reply_key), "a half-open connection's slot waits for nothing");
+        let mut torn = pending;
+        torn.key.src ^= 1;
+        assert!(!torn.awaits(&reply_key), "half of another writer's client tuple");
     }
 
     #[test]

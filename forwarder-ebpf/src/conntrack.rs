@@ -12,11 +12,12 @@ use aya_ebpf::bindings::BPF_ANY;
 use forwarder_common::{
     conntrack::{
         FLAG_REPLY, REFRESH_INTERVAL_NS, SEEN_CLIENT_FIN, SEEN_FIN, SEEN_FIN_FIRST, SEEN_RST,
-        TCP_CLOSED_TIMEOUT_NS, answered, expired as past_timeout, node_takes_syn, reopens, timeout_ns,
+        TCP_CLOSED_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, UDP_TIMEOUT_NS, answered, expired as past_timeout,
+        node_takes_syn, reopens, timeout_ns,
     },
     counters::Reason,
     hash::flow_hash,
-    maps::{FlowEntry, FlowKey, NextHop, reply_port_bit},
+    maps::{FlowEntry, FlowKey, NextHop, PROTO_TCP, reply_port_bit},
     origin::{Origin, origin_slot},
 };
 
@@ -77,6 +78,9 @@ pub enum Lookup {
     /// A usable half-open connection's client direction: its slot, and
     /// its reply entry (see `Origin::entry`).
     Origin { slot: *mut Origin, reply: *const FlowEntry },
+    /// The node's answer to a packet forwarded without state: that
+    /// packet's pending slot (see `forwarder_common::origin`).
+    Answer { slot: *mut Origin },
     /// A new connection. `stale`: an unusable entry of an earlier one is
     /// left under the key in the established table (see `nat::create`).
     New { stale: bool },
@@ -84,15 +88,28 @@ pub enum Lookup {
 
 /// The entry a packet keyed `key` with `packet_seen` bits uses: the
 /// established table's, else a half-open connection's (its reply entry,
-/// or its client direction from `ORIGINS`).
+/// or its client direction from `ORIGINS`), else the packet forwarded
+/// without state that its node answers.
+/// `opens_stateless`, asked only of a packet not established: whether it
+/// is forwarded without state if new (see `forwarder_common::origin`), so
+/// no half-open connection is looked for (a cold slot read of a new
+/// connection's cost).
 #[inline(always)]
-pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Lookup {
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied to the stack, which then overflows its 512 bytes"
+)]
+pub fn find(key: &FlowKey, packet_seen: u8, now: u64, opens_stateless: impl FnOnce() -> bool) -> Lookup {
     let established = FLOWS.get_ptr_mut(key);
     if let Some(ptr) = established
         // SAFETY: a map value pointer from the lookup helper.
         && usable(Table::Established, key, unsafe { &*ptr }, packet_seen, now)
     {
         return Lookup::Usable { table: Table::Established, ptr };
+    }
+    let stale = established.is_some();
+    if opens_stateless() {
+        return Lookup::New { stale };
     }
     if may_be_reply(key)
         && let Some(ptr) = HALF_OPEN.get_ptr_mut(key)
@@ -101,13 +118,50 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64) -> Lookup {
     {
         return Lookup::Usable { table: Table::HalfOpen, ptr };
     }
-    if let Some((slot, reply)) = origin(key)
-        // SAFETY: map value pointers from `origin`.
-        && origin_usable(key, unsafe { &*slot }, unsafe { &*reply }, packet_seen, now)
-    {
-        return Lookup::Origin { slot, reply };
+    let Some(slot) = slot_of(flow_hash(key.src, key.dst, key.sport, key.dport, key.proto)) else {
+        return Lookup::New { stale };
+    };
+    // SAFETY: a map value pointer from the lookup helper.
+    let described = unsafe { &*slot };
+    if described.describes(key) {
+        if let Some(reply) = HALF_OPEN.get_ptr(&described.reply)
+            // SAFETY: as above.
+            && unsafe { &*reply }.pairs_with(key)
+            && origin_usable(key, described, unsafe { &*reply }, packet_seen, now)
+        {
+            return Lookup::Origin { slot, reply };
+        }
+    } else if awaits(described, key, now) {
+        return Lookup::Answer { slot };
     }
-    Lookup::New { stale: established.is_some() }
+    Lookup::New { stale }
+}
+
+/// Whether `slot` is the pending slot of a packet forwarded without state,
+/// within the timeout of an unanswered connection, whose node answers
+/// with `key`.
+#[inline(always)]
+fn awaits(slot: &Origin, key: &FlowKey, now: u64) -> bool {
+    let timeout = if key.proto == PROTO_TCP { TCP_SYN_TIMEOUT_NS } else { UDP_TIMEOUT_NS };
+    slot.awaits(key) && now.saturating_sub(slot.last_seen_ns) <= timeout
+}
+
+/// The reply entry a node's answer keyed `key` to a packet forwarded
+/// without state is translated with (service and backend unknown: 0), if its slot
+/// still waits for it.
+#[inline(always)]
+fn pending_reply(key: &FlowKey, now: u64) -> Option<FlowEntry> {
+    // SAFETY: a map value pointer from the lookup helper, read at once.
+    let slot = unsafe { &*slot_of(flow_hash(key.src, key.dst, key.sport, key.dport, key.proto))? };
+    if !awaits(slot, key, now) {
+        return None;
+    }
+    let mut reply = FlowEntry::rewriting(key, &slot.key.reversed(), 0, 0, FLAG_REPLY, slot.last_seen_ns);
+    // Read again: another CPU may have rewritten the slot meanwhile.
+    slot.awaits(key).then(|| {
+        reply.last_seen_ns = slot.last_seen_ns;
+        reply
+    })
 }
 
 /// Whether the half-open table may hold `key`: its source port is one a
@@ -219,7 +273,8 @@ pub fn promote(key: &FlowKey, packet_seen: u8) {
 }
 
 /// The entry keyed `key` in either table, as it is now (a half-open
-/// connection's original as its slot describes it).
+/// connection's original as its slot describes it; the reply entry a
+/// pending SYN's answer would get).
 #[inline(always)]
 pub fn get(key: &FlowKey) -> Option<(Table, FlowEntry)> {
     // SAFETY: map value pointers from the lookup helper, copied at once.
@@ -229,7 +284,10 @@ pub fn get(key: &FlowKey) -> Option<(Table, FlowEntry)> {
     if let Some(entry) = HALF_OPEN.get_ptr(key) {
         return Some((Table::HalfOpen, unsafe { *entry }));
     }
-    origin(key).map(|(slot, reply)| (Table::HalfOpen, unsafe { (*slot).entry(&*reply) }))
+    if let Some((slot, reply)) = origin(key) {
+        return Some((Table::HalfOpen, unsafe { (*slot).entry(&*reply) }));
+    }
+    pending_reply(key, now_ns()).map(|reply| (Table::HalfOpen, reply))
 }
 
 /// The shortest timeout of any state: an entry refreshed more recently than

@@ -6,7 +6,12 @@
 
 use core::ffi::c_void;
 
-use forwarder_common::{conntrack::FLAG_REPLY, counters::Reason, hash::flow_hash, maps::FlowEntry};
+use forwarder_common::{
+    conntrack::FLAG_REPLY,
+    counters::Reason,
+    hash::flow_hash,
+    maps::{FlowEntry, NatMode},
+};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -118,7 +123,11 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
     // be walked by the verifier through the rest of the program.
     // SAFETY: this CPU's scratch slot for the packet's entry.
     let entry = unsafe { &mut *SCRATCH.get_ptr_mut(SCRATCH_PACKET).ok_or(Reason::PassMalformed)? };
-    let (table, kind, tracked, cached) = match conntrack::find(&pkt.key, pkt.seen, now) {
+    // A SYN or datagram to a preserve-mode service starts no state (see
+    // `forwarder_common::origin`), so no half-open connection is looked for.
+    let opens_stateless =
+        || pkt.opens() && lb::service(&pkt.key).is_some_and(|s| s.mode == NatMode::Preserve as u8);
+    let (table, kind, tracked, cached) = match conntrack::find(&pkt.key, pkt.seen, now, opens_stateless) {
         Lookup::Usable { table, ptr } => {
             // SAFETY: a map value pointer from the lookup helper, copied
             // so later map updates cannot alias it.
@@ -143,6 +152,14 @@ fn translate<H: Hook>(hook: &H) -> Result<Verdict, Reason> {
                 conntrack::touch(Table::HalfOpen, &pkt.key, At::Origin(slot), pkt.seen, now);
             }
             (Table::HalfOpen, Kind::Origin, true, cached)
+        }
+        Lookup::Answer { slot } => {
+            if pkt.ttl() <= 1 {
+                return Err(Reason::PassTtlExpired);
+            }
+            // SAFETY: an `ORIGINS` value pointer from the lookup helper.
+            unsafe { nat::answer(&pkt, slot, now, entry)? };
+            (Table::HalfOpen, Kind::Entry, true, false)
         }
         Lookup::New { stale } => {
             new_flow(&pkt, now, stale, ingress, wire_len, entry)?;
@@ -277,12 +294,22 @@ fn new_flow(
     let key = &pkt.key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;
-    nat::create(pkt, &service, &backend, hash, now, stale, entry)?;
+    // Decided on this lookup of the service, whatever `find` was told.
+    let stateless = pkt.opens() && service.mode == NatMode::Preserve as u8;
+    if stateless {
+        nat::forward_unanswered(pkt, &service, &backend, now, stale, entry);
+    } else {
+        nat::create(pkt, &service, &backend, hash, now, stale, entry)?;
+    }
     if let Some(kept) = fwd::first_hop(pkt, entry, ingress, wire_len, now) {
         entry.hop = kept.hop;
         entry.hop_len = kept.len;
     }
-    nat::remember_origin(pkt, entry, hash)?;
+    if stateless {
+        nat::remember_pending(pkt, entry);
+    } else {
+        nat::remember_origin(pkt, entry, hash)?;
+    }
     stats::new_flow(entry);
     Ok(())
 }

@@ -4,20 +4,26 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use forwarder_common::{
-    conntrack::{FLAG_REPLY, FLAG_SNAT, SEEN_ACK, SEEN_RST, SEEN_SYN, TCP_SYN_TIMEOUT_NS},
+    conntrack::{FLAG_PENDING, FLAG_REPLY, FLAG_SNAT, SEEN_ACK, SEEN_RST, SEEN_SYN, TCP_SYN_TIMEOUT_NS},
     counters::Reason,
     csum,
+    hash::flow_hash,
     maps::{Backend, FlowEntry, FlowKey, NatMode, ServiceEntry},
     origin::Origin,
 };
 
 use crate::{
     conntrack::{self, Table},
+    lb,
     maps::{FLOWS, HALF_OPEN, SCRATCH, SCRATCH_BUILD},
     parse::Packet,
     ports::{self, Start},
     stats, tcp_ts,
 };
+
+/// The service or backend id of a connection whose service or backend is
+/// not known: an index no traffic counter has.
+const UNKNOWN: u32 = u32::MAX;
 
 /// `EEXIST` (no errno constants in the BPF target's libraries).
 const EEXIST: i32 = 17;
@@ -86,6 +92,121 @@ pub fn create(
     Ok(())
 }
 
+/// The translation of `pkt`, a SYN or UDP datagram to the preserve-mode
+/// `service`, towards `backend`, written to `entry`: forwarded without state, it
+/// claims nothing (the node's answer does, see [`answer`]); only
+/// [`remember_pending`] writes its slot. `stale`: as for [`create`].
+#[inline(always)]
+pub fn forward_unanswered(
+    pkt: &Packet,
+    service: &ServiceEntry,
+    backend: &Backend,
+    now: u64,
+    stale: bool,
+    entry: &mut FlowEntry,
+) {
+    let original = &pkt.key;
+    let to = FlowKey::new(original.src, backend.addr, original.sport, backend.port, original.proto);
+    *entry = FlowEntry::rewriting(original, &to, service.id, backend.id, 0, now);
+    entry.seen = pkt.seen;
+    if stale {
+        let _ = FLOWS.remove(original);
+    }
+}
+
+/// Writes the pending slot of the packet [`forward_unanswered`] translates
+/// with `entry` (its next hop included, if known): indexed by the tuple
+/// the node answers with, which finds it (see `forwarder_common::origin`).
+#[inline(always)]
+pub fn remember_pending(pkt: &Packet, entry: &FlowEntry) {
+    let reply = &entry.peer_key(pkt.key.proto);
+    let Some(slot) =
+        conntrack::slot_of(flow_hash(reply.src, reply.dst, reply.sport, reply.dport, reply.proto))
+    else {
+        return;
+    };
+    // SAFETY: an `ORIGINS` value pointer; written whole, its check last.
+    unsafe { write_origin(&mut *slot, &pkt.key, reply, entry, FLAG_PENDING) };
+}
+
+/// Makes the connection of the node's answer `pkt` to a packet forwarded
+/// without state, whose pending slot is `slot`: its reply entry in the
+/// half-open table (claimed as [`create`] does, so a tuple another live
+/// connection holds is refused) and the slot of its client tuple, from
+/// there on a half-open connection as any other. Writes the reply entry
+/// to `entry`. Its service and backend are those the first packet's
+/// Maglev pick found, picked again (the slot has no room for them).
+///
+/// # Safety
+/// `slot` must be an `ORIGINS` value pointer.
+#[inline(always)]
+pub unsafe fn answer(pkt: &Packet, slot: *mut Origin, now: u64, entry: &mut FlowEntry) -> Result<(), Reason> {
+    // SAFETY: as the caller promised; each field is read once, and the
+    // slot checked again after.
+    let pending = unsafe { &*slot };
+    let key = &pkt.key;
+    *entry = FlowEntry::rewriting(key, &pending.key.reversed(), 0, 0, FLAG_REPLY, pending.last_seen_ns);
+    let original = &entry.peer_key(key.proto);
+    if !pending.awaits(key) || pending.key != *original {
+        return Err(Reason::PassNoService);
+    }
+    // Counted against its service and backend if they are still what the
+    // SYN found: `UNKNOWN` (counted nowhere) where the service went, or
+    // its backends changed since (the node answers all the same).
+    entry.service_id = UNKNOWN;
+    entry.backend_id = UNKNOWN;
+    if let Some(service) = lb::service(original) {
+        entry.service_id = service.id;
+        let hash = flow_hash(original.src, original.dst, original.sport, original.dport, key.proto);
+        if let Ok(backend) = lb::pick(&service, hash)
+            && backend.addr == key.src
+            && backend.port == key.sport
+        {
+            entry.backend_id = backend.id;
+        }
+    }
+    if !claim(key, entry, now, SameClientClosed::Reuse)? {
+        return Err(Reason::DropReplyCollision);
+    }
+    let client_slot =
+        conntrack::slot_of(flow_hash(original.src, original.dst, original.sport, original.dport, key.proto));
+    let Some(client_slot) = client_slot else {
+        let _ = HALF_OPEN.remove(key);
+        return Err(Reason::DropFlowTableFull);
+    };
+    if client_slot != slot {
+        // SAFETY: two distinct `ORIGINS` value pointers; the new slot is
+        // written whole, its check last (from what was written: a pending
+        // slot torn meanwhile yields one whose reply entry does not pair
+        // with its key, refused by its readers).
+        unsafe { adopt(&mut *client_slot, pending) };
+    }
+    // The pending slot is spent, or (both tuples hashing to it) becomes
+    // the client's (its flags are not in its check): a later packet of the
+    // node finds the connection, or, once that is gone, nothing to bring
+    // it back with.
+    // SAFETY: as above; a flag of a slot still waiting for this answer.
+    let pending = unsafe { &mut *slot };
+    if pending.awaits(key) {
+        pending.flags &= !FLAG_PENDING;
+    }
+    Ok(())
+}
+
+/// Writes the slot of a half-open connection from the pending slot of the
+/// packet it began with, another slot.
+#[inline(always)]
+fn adopt(slot: &mut Origin, pending: &Origin) {
+    slot.key = pending.key;
+    slot.reply = pending.reply;
+    slot.hop = pending.hop;
+    slot.last_seen_ns = pending.last_seen_ns;
+    slot.hop_len = pending.hop_len;
+    slot.seen = pending.seen;
+    slot.flags = pending.flags & !FLAG_PENDING;
+    slot.check = Origin::check_of(&slot.key, &slot.reply, &slot.hop);
+}
+
 /// Writes the `ORIGINS` slot of the connection [`create`] just made for
 /// `pkt` (flow hash `hash`), whose original entry is `entry` (its next
 /// hop included, if known); if there is none, undoes the connection.
@@ -100,7 +221,7 @@ pub fn remember_origin(pkt: &Packet, entry: &FlowEntry, hash: u32) -> Result<(),
     };
     // SAFETY: an `ORIGINS` value pointer; the slot is written whole, its
     // check last, and trusted by readers only if the check matches.
-    unsafe { write_origin(&mut *slot, &pkt.key, reply, entry) };
+    unsafe { write_origin(&mut *slot, &pkt.key, reply, entry, 0) };
     Ok(())
 }
 
@@ -171,17 +292,18 @@ fn retake(
 }
 
 /// Fills `slot` for the client tuple `key` whose reply entry is keyed
-/// `reply` and whose original entry is `entry`, field by field, the check
-/// from what was written: the stack has no room for a copy.
+/// `reply` and whose original entry is `entry`, with `entry`'s flags and
+/// `more`, field by field, the check from what was written: the stack has
+/// no room for a copy.
 #[inline(always)]
-fn write_origin(slot: &mut Origin, key: &FlowKey, reply: &FlowKey, entry: &FlowEntry) {
+fn write_origin(slot: &mut Origin, key: &FlowKey, reply: &FlowKey, entry: &FlowEntry, more: u8) {
     slot.key = *key;
     slot.reply = *reply;
     slot.hop = entry.hop;
     slot.last_seen_ns = entry.last_seen_ns;
     slot.hop_len = entry.hop_len;
     slot.seen = entry.seen;
-    slot.flags = entry.flags;
+    slot.flags = entry.flags | more;
     slot.check = Origin::check_of(&slot.key, &slot.reply, &slot.hop);
 }
 

@@ -3,7 +3,7 @@
 use core::mem::size_of;
 
 use forwarder_common::{
-    conntrack::{SEEN_PACKET, tcp_seen},
+    conntrack::{SEEN_ACK, SEEN_FIN, SEEN_PACKET, SEEN_RST, SEEN_SYN, tcp_seen},
     counters::Reason,
     maps::{FlowKey, PROTO_TCP, PROTO_UDP},
 };
@@ -58,6 +58,13 @@ impl Packet {
     #[inline(always)]
     pub fn is_tcp(&self) -> bool {
         self.key.proto == PROTO_TCP
+    }
+
+    /// Whether this may start a connection before its node answers: a TCP
+    /// SYN without ACK, RST or FIN, or any UDP datagram.
+    #[inline(always)]
+    pub fn opens(&self) -> bool {
+        !self.is_tcp() || self.seen & (SEEN_SYN | SEEN_ACK | SEEN_RST | SEEN_FIN) == SEEN_SYN
     }
 
     /// Where the L4 checksum is, from the start of the frame.

@@ -70,10 +70,21 @@ impl Tables {
 /// whole slot names it (as the datapath reads one).
 #[must_use]
 pub fn origin_of(origins: &OriginMap, secret: u64, key: &FlowKey) -> Option<Origin> {
+    slot_at(origins, secret, key).filter(|slot| slot.describes(key))
+}
+
+/// The pending slot of a SYN or datagram forwarded without state (see
+/// `forwarder_common::origin`) whose node answers with the tuple `reply`.
+#[must_use]
+pub fn pending_of(origins: &OriginMap, secret: u64, reply: &FlowKey) -> Option<Origin> {
+    slot_at(origins, secret, reply).filter(|slot| slot.awaits(reply))
+}
+
+/// The slot the tuple `key` hashes to, whatever it holds.
+fn slot_at(origins: &OriginMap, secret: u64, key: &FlowKey) -> Option<Origin> {
     let mask = origins.len().checked_sub(1)?;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
-    let slot = origins.get(&origin_slot(secret, hash, mask), 0).ok()?;
-    slot.describes(key).then_some(slot)
+    origins.get(&origin_slot(secret, hash, mask), 0).ok()
 }
 
 /// The clock the datapath stamps entries with (`bpf_ktime_get_coarse_ns`).

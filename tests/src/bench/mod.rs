@@ -381,5 +381,48 @@ pub fn establish_all(maps: &mut forwarder::kernel::Maps) -> anyhow::Result<usize
         moved += 2;
         maps.half_open.remove(&reply_key)?;
     }
+    moved += establish_pending(maps)?;
+    Ok(moved)
+}
+
+/// Moves the SYNs and datagrams forwarded without state (preserve mode)
+/// to the established table, as their node's answer and the client's
+/// next packet would: their pending slots become both entries, counted
+/// against their service and backend as the datapath counts them.
+fn establish_pending(maps: &mut forwarder::kernel::Maps) -> anyhow::Result<usize> {
+    use forwarder_common::{
+        conntrack::{FLAG_PENDING, FLAG_REPLY},
+        maps::{FlowEntry, ServiceKey},
+    };
+    let slots: Vec<_> =
+        maps.origins.iter().filter_map(Result::ok).filter(|slot| slot.awaits(&slot.reply)).collect();
+    let backends: Vec<_> = maps.backends.iter().filter_map(Result::ok).collect();
+    let mut moved = 0;
+    for mut slot in slots {
+        let (key, reply_key) = (slot.key, slot.reply);
+        if maps.flows.get(&reply_key, 0).is_ok() || maps.half_open.get(&reply_key, 0).is_ok() {
+            continue;
+        }
+        let service_key = ServiceKey { vip: key.dst, port: key.dport, proto: key.proto, _pad: 0 };
+        let Ok(service) = maps.services.get(&service_key, 0) else { continue };
+        let Some(backend) = backends.iter().find_map(|(at, backend)| {
+            (at.service_id == service.id && backend.addr == reply_key.src && backend.port == reply_key.sport)
+                .then_some(backend.id)
+        }) else {
+            continue;
+        };
+        let reply = FlowEntry::rewriting(
+            &reply_key,
+            &key.reversed(),
+            service.id,
+            backend,
+            FLAG_REPLY,
+            slot.last_seen_ns,
+        );
+        slot.flags &= !FLAG_PENDING;
+        maps.flows.insert(reply_key, reply, 0)?;
+        maps.flows.insert(key, slot.entry(&reply), 0)?;
+        moved += 2;
+    }
     Ok(moved)
 }
