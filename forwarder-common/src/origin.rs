@@ -134,7 +134,16 @@ impl Origin {
     #[inline(always)]
     #[must_use]
     pub fn awaits(&self, reply: &FlowKey) -> bool {
-        self.reply == *reply && self.flags & FLAG_PENDING != 0 && self.whole()
+        // The answer goes back to the client the key names (preserve mode
+        // translates destinations only): a slot torn by two writers whose
+        // check still adds up (it is made from what was written) is
+        // trusted only if both halves name one client address and port.
+        self.reply == *reply
+            && self.flags & FLAG_PENDING != 0
+            && self.key.src == reply.dst
+            && self.key.sport == reply.dport
+            && self.key.proto == reply.proto
+            && self.whole()
     }
 
     #[inline(always)]
@@ -232,7 +241,8 @@ mod tests {
 
     #[test]
     fn a_pending_slot_is_found_by_its_answer_only() {
-        let (client, reply_key, _) = pair();
+        let client = FlowKey::new(10, 20, 1000, 80, PROTO_TCP);
+        let reply_key = FlowKey::new(30, 10, 30080, 1000, PROTO_TCP);
         let pending = Origin::new(client, reply_key, FLAG_PENDING, SEEN_PACKET | SEEN_SYN, 1);
         assert!(pending.awaits(&reply_key));
         assert!(!pending.describes(&client), "no half-open connection for the client's packets");
@@ -245,6 +255,10 @@ mod tests {
         let mut torn = pending;
         torn.key.src ^= 1;
         assert!(!torn.awaits(&reply_key), "half of another writer's client tuple");
+        let mut other_client = Origin::new(client, reply_key, FLAG_PENDING, SEEN_PACKET | SEEN_SYN, 1);
+        other_client.key.src = 11;
+        other_client.check = Origin::check_of(&other_client.key, &other_client.reply, &other_client.hop);
+        assert!(!other_client.awaits(&reply_key), "whole, but its halves name two clients");
     }
 
     #[test]

@@ -108,7 +108,9 @@ pub fn find(key: &FlowKey, packet_seen: u8, now: u64, opens_stateless: impl FnOn
         return Lookup::Usable { table: Table::Established, ptr };
     }
     let stale = established.is_some();
-    if opens_stateless() {
+    // (Not over an earlier connection's entry: that one's reply entry may
+    // live on, and `nat::create` claims its key properly.)
+    if !stale && opens_stateless() {
         return Lookup::New { stale };
     }
     if may_be_reply(key)
@@ -157,11 +159,8 @@ fn pending_reply(key: &FlowKey, now: u64) -> Option<FlowEntry> {
         return None;
     }
     let mut reply = FlowEntry::rewriting(key, &slot.key.reversed(), 0, 0, FLAG_REPLY, slot.last_seen_ns);
-    // Read again: another CPU may have rewritten the slot meanwhile.
-    slot.awaits(key).then(|| {
-        reply.last_seen_ns = slot.last_seen_ns;
-        reply
-    })
+    reply.last_seen_ns = slot.last_seen_ns;
+    Some(reply)
 }
 
 /// Whether the half-open table may hold `key`: its source port is one a

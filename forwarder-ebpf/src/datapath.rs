@@ -305,12 +305,15 @@ fn new_flow(
         entry.hop = kept.hop;
         entry.hop_len = kept.len;
     }
-    if stateless {
-        nat::remember_pending(pkt, entry);
+    let new = if stateless {
+        nat::remember_pending(pkt, entry)
     } else {
         nat::remember_origin(pkt, entry, hash)?;
+        true
+    };
+    if new {
+        stats::new_flow(entry);
     }
-    stats::new_flow(entry);
     Ok(())
 }
 

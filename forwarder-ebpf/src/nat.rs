@@ -117,16 +117,24 @@ pub fn forward_unanswered(
 /// Writes the pending slot of the packet [`forward_unanswered`] translates
 /// with `entry` (its next hop included, if known): indexed by the tuple
 /// the node answers with, which finds it (see `forwarder_common::origin`).
+/// Whether it is a new flow: not if the slot already waited for it (a
+/// retransmitted SYN, the next datagram of an unanswered flow, the TC
+/// hook's second look at what XDP handed over), so the new-connection
+/// counters count each once. (The slot's line is read where it would be
+/// written anyway.)
 #[inline(always)]
-pub fn remember_pending(pkt: &Packet, entry: &FlowEntry) {
+pub fn remember_pending(pkt: &Packet, entry: &FlowEntry) -> bool {
     let reply = &entry.peer_key(pkt.key.proto);
     let Some(slot) =
         conntrack::slot_of(flow_hash(reply.src, reply.dst, reply.sport, reply.dport, reply.proto))
     else {
-        return;
+        return true;
     };
     // SAFETY: an `ORIGINS` value pointer; written whole, its check last.
-    unsafe { write_origin(&mut *slot, &pkt.key, reply, entry, FLAG_PENDING) };
+    let slot = unsafe { &mut *slot };
+    let again = slot.awaits(reply) && slot.key == pkt.key;
+    write_origin(slot, &pkt.key, reply, entry, FLAG_PENDING);
+    !again
 }
 
 /// Makes the connection of the node's answer `pkt` to a packet forwarded
@@ -141,15 +149,12 @@ pub fn remember_pending(pkt: &Packet, entry: &FlowEntry) {
 /// `slot` must be an `ORIGINS` value pointer.
 #[inline(always)]
 pub unsafe fn answer(pkt: &Packet, slot: *mut Origin, now: u64, entry: &mut FlowEntry) -> Result<(), Reason> {
-    // SAFETY: as the caller promised; each field is read once, and the
-    // slot checked again after.
+    // SAFETY: as the caller promised (`conntrack::find` found it waiting
+    // for this answer).
     let pending = unsafe { &*slot };
     let key = &pkt.key;
     *entry = FlowEntry::rewriting(key, &pending.key.reversed(), 0, 0, FLAG_REPLY, pending.last_seen_ns);
     let original = &entry.peer_key(key.proto);
-    if !pending.awaits(key) || pending.key != *original {
-        return Err(Reason::PassNoService);
-    }
     // Counted against its service and backend if they are still what the
     // SYN found: `UNKNOWN` (counted nowhere) where the service went, or
     // its backends changed since (the node answers all the same).
