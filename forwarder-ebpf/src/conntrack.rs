@@ -149,8 +149,8 @@ fn awaits(slot: &Origin, key: &FlowKey, now: u64) -> bool {
 }
 
 /// The reply entry a node's answer keyed `key` to a packet forwarded
-/// without state is translated with (service and backend unknown: 0), if its slot
-/// still waits for it.
+/// without state is translated with (service and backend unknown: 0), if
+/// its slot still waits for it.
 #[inline(always)]
 fn pending_reply(key: &FlowKey, now: u64) -> Option<FlowEntry> {
     // SAFETY: a map value pointer from the lookup helper, read at once.

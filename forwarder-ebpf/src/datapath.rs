@@ -294,8 +294,9 @@ fn new_flow(
     let key = &pkt.key;
     let hash = flow_hash(key.src, key.dst, key.sport, key.dport, key.proto);
     let backend = lb::pick(&service, hash)?;
-    // Decided on this lookup of the service, whatever `find` was told.
-    let stateless = pkt.opens() && service.mode == NatMode::Preserve as u8;
+    // Decided on this lookup of the service, whatever `find` was told; not
+    // over an earlier connection's entry (see `conntrack::find`).
+    let stateless = !stale && pkt.opens() && service.mode == NatMode::Preserve as u8;
     if stateless {
         nat::forward_unanswered(pkt, &service, &backend, now, stale, entry);
     } else {
