@@ -25,6 +25,10 @@ pub struct GenConfig {
     /// Flow `i` goes to the frame's destination address plus `i % vips`
     /// (1: all to the frame's).
     pub vips: u32,
+    /// Non-zero: the frame is a node's answer, and flow `i` is written to
+    /// its destination (the client's address and port) rather than its
+    /// source; `vips` is not used.
+    pub answers: u32,
 }
 
 /// `BOUNCE` value: the trivial forwarder's rewrite.

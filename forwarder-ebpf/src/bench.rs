@@ -41,6 +41,7 @@ const IP_PROTO: usize = 14 + 9;
 const IP_SRC: usize = 14 + 12;
 const IP_DST: usize = 14 + 16;
 const L4_SPORT: usize = 14 + 20;
+const L4_DPORT: usize = 14 + 20 + 2;
 const UDP_CHECK: usize = 14 + 20 + 6;
 const TCP_CHECK: usize = 14 + 20 + 16;
 
@@ -81,7 +82,8 @@ unsafe fn read32(p: *const u8, at: usize) -> u32 {
 /// Writes the whole template frame (live-frame pages come back with
 /// whatever the receiver left in them; a NAT rewrites in place) with this
 /// packet's flow: the next source port, then the next address; and the
-/// flow's destination among `vips`.
+/// flow's destination among `vips`. For a node's answer (`answers`), the
+/// flow's client is the destination.
 #[inline(always)]
 fn write_frame(ctx: &XdpContext) -> bool {
     write_frame_at(ctx.data(), ctx.data_end())
@@ -106,18 +108,22 @@ fn write_frame_at(data: usize, end: usize) -> bool {
             let tail = SYN_FRAME_LEN - FRAME_LEN;
             core::ptr::copy_nonoverlapping(config.frame.as_ptr().add(FRAME_LEN), p.add(FRAME_LEN), tail);
         }
-        let old_addr = read32(p, IP_SRC);
+        // The client's address and port, and the other end's address.
+        let (client_at, port_at, other_at) =
+            if config.answers != 0 { (IP_DST, L4_DPORT, IP_SRC) } else { (IP_SRC, L4_SPORT, IP_DST) };
+        let old_addr = read32(p, client_at);
         let new_addr = (u32::from_be(old_addr) + addr_offset).to_be();
-        let old_dst = read32(p, IP_DST);
-        let vip_offset = if config.vips > 1 { index % config.vips } else { 0 };
-        let new_dst = (u32::from_be(old_dst) + vip_offset).to_be();
-        let old_port = read16(p, L4_SPORT);
+        let old_other = read32(p, other_at);
+        let vip_offset = if config.vips > 1 && config.answers == 0 { index % config.vips } else { 0 };
+        let new_other = (u32::from_be(old_other) + vip_offset).to_be();
+        let old_port = read16(p, port_at);
         let new_port = port.to_be();
-        let addr = csum::combine(csum::addr_delta(old_addr, new_addr), csum::addr_delta(old_dst, new_dst));
+        let addr =
+            csum::combine(csum::addr_delta(old_addr, new_addr), csum::addr_delta(old_other, new_other));
         let l4 = csum::combine(addr, csum::fold(csum::word_delta(old_port, new_port)));
-        *p.add(IP_SRC).cast::<[u8; 4]>() = new_addr.to_ne_bytes();
-        *p.add(IP_DST).cast::<[u8; 4]>() = new_dst.to_ne_bytes();
-        write16(p, L4_SPORT, new_port);
+        *p.add(client_at).cast::<[u8; 4]>() = new_addr.to_ne_bytes();
+        *p.add(other_at).cast::<[u8; 4]>() = new_other.to_ne_bytes();
+        write16(p, port_at, new_port);
         write16(p, IP_CHECK, csum::apply(read16(p, IP_CHECK), addr));
         if *p.add(IP_PROTO) == PROTO_TCP {
             write16(p, TCP_CHECK, csum::apply(read16(p, TCP_CHECK), l4));

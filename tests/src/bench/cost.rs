@@ -17,7 +17,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::{TestRun as _, TestRunOptions, maps::Array, programs::Xdp};
+use aya::{
+    TestRun as _, TestRunOptions,
+    maps::{Array, PerCpuArray, PerCpuValues},
+    programs::Xdp,
+};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use forwarder::{
     config::ServiceFile,
@@ -31,6 +35,8 @@ use crate::{fixture, netns::Netns};
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
 const FORWARDER_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+/// The forwarder's node-side interface (see `fixture::network`).
+const NODE_SIDE_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
 const FIRST_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 0);
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -75,28 +81,44 @@ pub enum Segment {
     /// A SYN with the options Linux sends (MSS, SACK permitted, timestamps,
     /// window scale), which the datapath reads for the timestamp.
     LinuxSyn,
+    /// A node's SYN-ACK to a new flow's SYN (60 bytes, as `Syn`), each
+    /// flow's SYN sent first, untimed: in preserve mode, what the node's
+    /// answer to a SYN forwarded without state costs (it makes the
+    /// connection). One backend, so that every flow's node answers.
+    Answer,
 }
 
 impl Segment {
     /// The frame's length.
     fn frame_len(self) -> usize {
         match self {
-            Self::Ack | Self::Syn => FRAME_LEN,
+            Self::Ack | Self::Syn | Self::Answer => FRAME_LEN,
             Self::LinuxSyn => SYN_FRAME_LEN,
         }
     }
 }
 
-/// The template: a TCP segment from the first client to the first VIP,
-/// with a payload of zeros where its headers are shorter than 60 bytes.
+/// The template: a TCP segment from the first client to the first VIP
+/// (for `Answer`, from the first node to the first client, as preserve
+/// mode forwards it), with a payload of zeros where its headers are
+/// shorter than 60 bytes.
 fn template(segment: Segment) -> anyhow::Result<[u8; TEMPLATE_LEN]> {
     let mut frame = Vec::with_capacity(SYN_FRAME_LEN);
-    let tcp = PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
-        .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
-        .tcp(forwarder_common::bench::flow_source(0).0, 80, 1000, 64240);
+    let client_port = forwarder_common::bench::flow_source(0).0;
+    let tcp = if segment == Segment::Answer {
+        let node = nodes(1)[0];
+        PacketBuilder::ethernet2(fixture::node_mac(node), NODE_SIDE_MAC)
+            .ipv4(node.octets(), FIRST_CLIENT.octets(), 64)
+            .tcp(30080, client_port, 7000, 64240)
+    } else {
+        PacketBuilder::ethernet2(CLIENT_MAC, FORWARDER_MAC)
+            .ipv4(FIRST_CLIENT.octets(), vip(0).octets(), 64)
+            .tcp(client_port, 80, 1000, 64240)
+    };
     let tcp = match segment {
         Segment::Ack => tcp.ack(5000),
         Segment::Syn => tcp.syn(),
+        Segment::Answer => tcp.syn().ack(1001),
         Segment::LinuxSyn => tcp
             .syn()
             .options(&[
@@ -156,7 +178,33 @@ pub struct Timer {
     kernel: Kernel,
     network: Netns,
     ingress: u32,
+    /// For `Answer`: the SYNs answered.
+    opener: Option<Opener>,
     samples: Vec<Sample>,
+}
+
+/// The SYNs an `Answer` setup's answers answer: the generator's
+/// configuration for them, and the client-side interface they arrive on.
+#[derive(Clone, Copy)]
+struct Opener {
+    syns: GenConfig,
+    client_side: u32,
+}
+
+/// Writes the generator's configuration and starts its flow sequence
+/// again on every CPU.
+fn generate(kernel: &mut Kernel, config: GenConfig) -> anyhow::Result<()> {
+    Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?.set(0, config, 0)?;
+    let mut counts: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(kernel.object_mut().map_mut("COUNTS").context("COUNTS")?)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+    counts.set(1, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+    Ok(())
+}
+
+/// The generator's configuration.
+fn read_gen(kernel: &mut Kernel) -> anyhow::Result<GenConfig> {
+    Ok(Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?.get(&0, 0)?)
 }
 
 fn program<'a>(kernel: &'a mut Kernel, name: &str) -> anyhow::Result<&'a mut Xdp> {
@@ -192,7 +240,9 @@ impl Timer {
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
         let Setup { mode, services, backends, flows, segment, repeat } = setup;
         let ns = fixture::network(&nodes(backends))?;
-        let (kernel, ingress) = ns.enter(|| -> anyhow::Result<(Kernel, u32)> {
+        // The clients, for the nodes' answers.
+        ns.ip("route add 10.128.0.0/9 via 10.1.0.2 dev cl")?;
+        let (kernel, ingress, opener) = ns.enter(|| -> anyhow::Result<(Kernel, u32, Option<Opener>)> {
             // Room for every flow of a run without evicting (new flows: the
             // table is flushed between runs, so SNAT ports never run out).
             // The half-open table's LRU lists are per CPU: a timed run of
@@ -213,14 +263,20 @@ impl Timer {
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
             let frame = template(segment)?;
-            let config = GenConfig { frame, flows, vips: services };
-            Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?
-                .set(0, config, 0)?;
+            let answers = u32::from(segment == Segment::Answer);
+            let config = GenConfig { frame, flows, vips: services, answers };
+            generate(&mut kernel, config)?;
             for name in ["bench_rewrite", "bench_lookup"] {
                 let program: &mut Xdp = kernel.object_mut().program_mut(name).context(name)?.try_into()?;
                 program.load()?;
             }
-            let ingress = forwarder::kernel::ifindex("cl")?;
+            let client_side = forwarder::kernel::ifindex("cl")?;
+            let (ingress, opener) = if segment == Segment::Answer {
+                let syns = GenConfig { frame: template(Segment::Syn)?, flows, vips: services, answers: 0 };
+                (forwarder::kernel::ifindex("nd")?, Some(Opener { syns, client_side }))
+            } else {
+                (client_side, None)
+            };
             // The frame timed is the template's, options included (the
             // rewrite changes only addresses, the port and checksums).
             let len = segment.frame_len();
@@ -245,19 +301,29 @@ impl Timer {
                     opened += now;
                 }
             }
-            Ok((kernel, ingress))
+            Ok((kernel, ingress, opener))
         })?;
-        Ok(Self { setup, kernel, network: ns, ingress, samples: Vec::new() })
+        Ok(Self { setup, kernel, network: ns, ingress, opener, samples: Vec::new() })
     }
 
     /// Times one round, in the setup's namespace (the kernel resolves the
     /// test run's ingress interface, and routes, in the caller's).
     pub fn sample(&mut self) -> anyhow::Result<()> {
-        let Self { setup, kernel, network, ingress, samples } = self;
+        let Self { setup, kernel, network, ingress, opener, samples } = self;
         let Setup { flows, segment, repeat, .. } = *setup;
         let len = segment.frame_len();
         let ingress = *ingress;
         let sample = network.enter(|| -> anyhow::Result<Sample> {
+            if let Some(Opener { syns, client_side }) = *opener {
+                // The SYNs answered, untimed, from the CPU the answers
+                // arrive on (the flow sequence is per CPU).
+                super::rig::pin_to_cpu(0);
+                let answers = read_gen(kernel)?;
+                generate(kernel, syns)?;
+                let (verdict, _) = run(kernel.xdp(), client_side, len, repeat)?;
+                anyhow::ensure!(verdict == XDP_REDIRECT, "SYN verdict {verdict}");
+                generate(kernel, answers)?;
+            }
             if flows > 0 {
                 // Visit every flow once, untimed, so the timed run sees a
                 // busy table (each flow seen within the last second), not
@@ -272,6 +338,13 @@ impl Timer {
             if flows == 0 {
                 // Every packet was a new flow: start the next round empty.
                 let keys: Vec<_> = kernel.maps.half_open.keys().filter_map(Result::ok).collect();
+                // (Some SYNs lose their pending slot to a later one that
+                // hashes to it; their answers pass untranslated.)
+                anyhow::ensure!(
+                    opener.is_none() || keys.len() as u64 * 10 >= u64::from(repeat) * 8,
+                    "{} of {repeat} answers made a connection",
+                    keys.len()
+                );
                 for key in keys {
                     let _ = kernel.maps.half_open.remove(&key);
                 }

@@ -191,7 +191,7 @@ impl Rig {
     /// new flow on every packet).
     pub fn set_flows(&mut self, flows: u32) -> anyhow::Result<()> {
         let frame = self.frame()?;
-        let mut config = GenConfig { frame: [0; TEMPLATE_LEN], flows, vips: 1 };
+        let mut config = GenConfig { frame: [0; TEMPLATE_LEN], flows, vips: 1, answers: 0 };
         config.frame[..FRAME_LEN].copy_from_slice(&frame);
         let mut map = Array::<_, GenConfig>::try_from(self.generator.map_mut("GEN").context("GEN")?)?;
         map.set(0, config, 0)?;
