@@ -35,7 +35,7 @@ static BOUNCE_TO: DevMap<1> = DevMap::new();
 static COUNTS: PerCpuArray<u64, 2> = PerCpuArray::new();
 
 /// Offsets in the frame: IPv4 checksum, protocol, source and destination
-/// address, the L4 source port, and the TCP or UDP checksum.
+/// address, the L4 source and destination port, and the TCP or UDP checksum.
 const IP_CHECK: usize = 14 + 10;
 const IP_PROTO: usize = 14 + 9;
 const IP_SRC: usize = 14 + 12;

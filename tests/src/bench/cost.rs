@@ -10,6 +10,8 @@
 //! the cost that is the flow table's memory. The kernel reports the mean
 //! time per run; each figure is the median of several such means, taken
 //! in rounds across every setup so that a noisy moment hits all alike.
+//! Nodes' answers are timed the same way, the generator writing each flow
+//! into the answer's destination (see `Segment::Answer`).
 
 use std::{
     net::Ipv4Addr,
@@ -81,10 +83,11 @@ pub enum Segment {
     /// A SYN with the options Linux sends (MSS, SACK permitted, timestamps,
     /// window scale), which the datapath reads for the timestamp.
     LinuxSyn,
-    /// A node's SYN-ACK to a new flow's SYN (60 bytes, as `Syn`), each
-    /// flow's SYN sent first, untimed: in preserve mode, what the node's
-    /// answer to a SYN forwarded without state costs (it makes the
-    /// connection). One backend, so that every flow's node answers.
+    /// A node's SYN-ACK to a new flow's SYN (60 bytes, as `Syn`: no TCP
+    /// options), each flow's SYN sent first, untimed: in preserve mode,
+    /// what the node's answer to a SYN forwarded without state costs (it
+    /// makes the connection). One backend, so that every flow's node
+    /// answers; fewer packets a run (see `ANSWER_TABLE_FACTOR`).
     Answer,
 }
 
@@ -184,12 +187,22 @@ pub struct Timer {
 }
 
 /// The SYNs an `Answer` setup's answers answer: the generator's
-/// configuration for them, and the client-side interface they arrive on.
+/// configuration for them and for the answers, and the client-side
+/// interface the SYNs arrive on.
 #[derive(Clone, Copy)]
 struct Opener {
     syns: GenConfig,
+    answers: GenConfig,
     client_side: u32,
 }
+
+/// An `Answer` setup's tables are sized for this many times its `repeat`
+/// (the other new-flow setups': for theirs): all of a run's SYNs wait for
+/// their answers at once, and a pending slot taken by a later SYN, or by
+/// an earlier answer's connection, leaves its answer untranslated (about
+/// one in eight with the usual room; one in fifty with this). So it times
+/// a sixteenth of the packets of the SYN rows, in tables of their size.
+pub const ANSWER_TABLE_FACTOR: u32 = 16;
 
 /// Writes the generator's configuration and starts its flow sequence
 /// again on every CPU.
@@ -200,11 +213,6 @@ fn generate(kernel: &mut Kernel, config: GenConfig) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
     counts.set(1, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
     Ok(())
-}
-
-/// The generator's configuration.
-fn read_gen(kernel: &mut Kernel) -> anyhow::Result<GenConfig> {
-    Ok(Array::<_, GenConfig>::try_from(kernel.object_mut().map_mut("GEN").context("GEN")?)?.get(&0, 0)?)
 }
 
 fn program<'a>(kernel: &'a mut Kernel, name: &str) -> anyhow::Result<&'a mut Xdp> {
@@ -240,17 +248,20 @@ impl Timer {
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
         let Setup { mode, services, backends, flows, segment, repeat } = setup;
         let ns = fixture::network(&nodes(backends))?;
-        // The clients, for the nodes' answers.
-        ns.ip("route add 10.128.0.0/9 via 10.1.0.2 dev cl")?;
+        if segment == Segment::Answer {
+            // The clients, for the nodes' answers.
+            ns.ip("route add 10.128.0.0/9 via 10.1.0.2 dev cl")?;
+        }
         let (kernel, ingress, opener) = ns.enter(|| -> anyhow::Result<(Kernel, u32, Option<Opener>)> {
             // Room for every flow of a run without evicting (new flows: the
             // table is flushed between runs, so SNAT ports never run out).
             // The half-open table's LRU lists are per CPU: a timed run of
             // new flows must fit in the share of the CPU it runs on;
             // established flows are opened a share at a time (below).
-            let connections = if flows == 0 { repeat } else { flows };
+            let sized_for = if segment == Segment::Answer { repeat * ANSWER_TABLE_FACTOR } else { repeat };
+            let connections = if flows == 0 { sized_for } else { flows };
             let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)? as u32;
-            let half_open = if flows == 0 { (repeat + 1024) * cpus } else { flows + 1024 };
+            let half_open = if flows == 0 { (sized_for + 1024) * cpus } else { flows + 1024 };
             let capacity = Capacity {
                 max_services: services.max(16).next_power_of_two(),
                 max_backends: (services * backends).max(16).next_power_of_two(),
@@ -263,8 +274,8 @@ impl Timer {
             let file = ServiceFile::parse("bench.toml".as_ref(), &service_file(mode, services, backends))?;
             table.apply(&file, &mut kernel.maps)?;
             let frame = template(segment)?;
-            let answers = u32::from(segment == Segment::Answer);
-            let config = GenConfig { frame, flows, vips: services, answers };
+            let config =
+                GenConfig { frame, flows, vips: services, answers: u32::from(segment == Segment::Answer) };
             generate(&mut kernel, config)?;
             for name in ["bench_rewrite", "bench_lookup"] {
                 let program: &mut Xdp = kernel.object_mut().program_mut(name).context(name)?.try_into()?;
@@ -272,8 +283,8 @@ impl Timer {
             }
             let client_side = forwarder::kernel::ifindex("cl")?;
             let (ingress, opener) = if segment == Segment::Answer {
-                let syns = GenConfig { frame: template(Segment::Syn)?, flows, vips: services, answers: 0 };
-                (forwarder::kernel::ifindex("nd")?, Some(Opener { syns, client_side }))
+                let syns = GenConfig { frame: template(Segment::Syn)?, answers: 0, ..config };
+                (forwarder::kernel::ifindex("nd")?, Some(Opener { syns, answers: config, client_side }))
             } else {
                 (client_side, None)
             };
@@ -314,11 +325,10 @@ impl Timer {
         let len = segment.frame_len();
         let ingress = *ingress;
         let sample = network.enter(|| -> anyhow::Result<Sample> {
-            if let Some(Opener { syns, client_side }) = *opener {
+            if let Some(Opener { syns, answers, client_side }) = *opener {
                 // The SYNs answered, untimed, from the CPU the answers
                 // arrive on (the flow sequence is per CPU).
                 super::rig::pin_to_cpu(0);
-                let answers = read_gen(kernel)?;
                 generate(kernel, syns)?;
                 let (verdict, _) = run(kernel.xdp(), client_side, len, repeat)?;
                 anyhow::ensure!(verdict == XDP_REDIRECT, "SYN verdict {verdict}");
@@ -333,15 +343,21 @@ impl Timer {
                 run(kernel.xdp(), ingress, len, flows)?;
             }
             let (verdict, forward) = run(kernel.xdp(), ingress, len, repeat)?;
-            anyhow::ensure!(verdict == XDP_REDIRECT, "forwarder verdict {verdict}");
+            // (The last answer may be one whose slot was taken: they are
+            // counted below.)
+            anyhow::ensure!(
+                verdict == XDP_REDIRECT || opener.is_some() && verdict == XDP_PASS,
+                "forwarder verdict {verdict}"
+            );
             let rewrite = run(program(kernel, "bench_rewrite")?, ingress, len, repeat)?.1;
             if flows == 0 {
                 // Every packet was a new flow: start the next round empty.
                 let keys: Vec<_> = kernel.maps.half_open.keys().filter_map(Result::ok).collect();
-                // (Some SYNs lose their pending slot to a later one that
-                // hashes to it; their answers pass untranslated.)
+                // (A few answers find their slot taken, see
+                // `ANSWER_TABLE_FACTOR`, and pass untranslated: counted in
+                // the timed mean, at most 5%.)
                 anyhow::ensure!(
-                    opener.is_none() || keys.len() as u64 * 10 >= u64::from(repeat) * 8,
+                    opener.is_none() || keys.len() as u64 * 20 >= u64::from(repeat) * 19,
                     "{} of {repeat} answers made a connection",
                     keys.len()
                 );

@@ -229,7 +229,11 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
     };
     let lone_ack = |mode| Setup { segment: Segment::Ack, ..new_flow(mode, 1, 2) };
     let linux_syn = |mode| Setup { segment: Segment::LinuxSyn, ..new_flow(mode, 1, 2) };
-    let answer = Setup { segment: Segment::Answer, ..new_flow("preserve", 1, 1) };
+    let answer = Setup {
+        segment: Segment::Answer,
+        repeat: effort.new_flow_repeat / cost::ANSWER_TABLE_FACTOR,
+        ..new_flow("preserve", 1, 1)
+    };
     let headline = [
         ("snat, established", established("snat", 1, 2, COST_FLOWS)),
         ("preserve, established", established("preserve", 1, 2, COST_FLOWS)),
@@ -237,7 +241,7 @@ fn costs(effort: &Effort, report: &mut Report) -> anyhow::Result<()> {
         ("preserve, new flow (SYN)", new_flow("preserve", 1, 2)),
         ("snat, new flow (SYN with Linux's options)", linux_syn("snat")),
         ("preserve, new flow (SYN with Linux's options)", linux_syn("preserve")),
-        ("preserve, the node's SYN-ACK to a new flow (makes its connection)", answer),
+        ("preserve, the node's SYN-ACK to a new flow (makes its connection; one backend)", answer),
         ("snat, new flow from an ACK of no known connection", lone_ack("snat")),
         ("preserve, new flow from an ACK of no known connection", lone_ack("preserve")),
     ];
